@@ -1,0 +1,154 @@
+"""`gymtrl <stage>`: the CLI edge. Parses params once, runs one stage, turns known errors into messages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from .params import ParamsError, load_params
+
+
+def _base_model(args, params):
+    from .models import materialize_base
+
+    from .io import write_json
+
+    info = materialize_base(params.model.name_or_path, args.out, params.model.trust_remote_code)
+    write_json(args.metrics, info)
+    return info
+
+
+def _demo(args, params):
+    from .stages import demo as stage
+
+    return stage.run(params, out_dir=args.out, metrics_path=args.metrics)
+
+
+def _filter(args, params):
+    from .stages import filter as stage
+
+    return stage.run(params, out_dir=args.out, metrics_path=args.metrics)
+
+
+def _convert(args, params):
+    from .stages import convert as stage
+
+    return stage.run(params, filtered_dir=args.filtered, model_dir=args.model, out_dir=args.out,
+                     metrics_path=args.metrics)
+
+
+def _pair(args, params):
+    from .stages import pair as stage
+
+    return stage.run(params, model_dir=args.model, out_dir=args.out, metrics_path=args.metrics)
+
+
+def _train(args, params):
+    from .stages import train as stage
+
+    return stage.run(params, model_dir=args.model, sft_dir=args.sft, pairs_dir=args.pairs, out_dir=args.out,
+                     ckpt_dir=args.checkpoints, live_dir=args.live, metrics_path=args.metrics)
+
+
+def _evaluate(args, params):
+    from .stages import evaluate as stage
+
+    return stage.run(params, base_dir=args.base, trained_dir=args.trained, out_dir=args.out,
+                     metrics_dir=args.metrics_dir, plots_dir=args.plots_dir)
+
+
+def _inspect(args, params):
+    from .stages import inspect as stage
+
+    summary = stage.summarize(args.paths, params)
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(stage.render_text(summary))
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gymtrl", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("base-model", help="materialize model.name_or_path as a loadable model directory")
+    p.add_argument("--out", default="models/base")
+    p.add_argument("--metrics", default="metrics/base_model.json")
+    p.set_defaults(func=_base_model)
+
+    p = sub.add_parser("demo", help="embedded environment: calculator tasks and reference rollouts")
+    p.add_argument("--out", default="data/demo")
+    p.add_argument("--metrics", default="metrics/demo.json")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("filter", help="keep rollouts by reward and turns")
+    p.add_argument("--out", default="data/filtered")
+    p.add_argument("--metrics", default="metrics/filter.json")
+    p.set_defaults(func=_filter)
+
+    p = sub.add_parser("convert", help="filtered rollouts -> TRL conversational SFT dataset")
+    p.add_argument("--filtered", default="data/filtered")
+    p.add_argument("--model", default="models/base")
+    p.add_argument("--out", default="data/sft")
+    p.add_argument("--metrics", default="metrics/convert.json")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("pair", help="all rollouts -> TRL conversational preference pairs")
+    p.add_argument("--model", default="models/base")
+    p.add_argument("--out", default="data/pairs")
+    p.add_argument("--metrics", default="metrics/pair.json")
+    p.set_defaults(func=_pair)
+
+    p = sub.add_parser("train", help="SFT / DPO with TRL")
+    p.add_argument("--model", default="models/base")
+    p.add_argument("--sft", default="data/sft")
+    p.add_argument("--pairs", default="data/pairs")
+    p.add_argument("--out", default="models/trained")
+    p.add_argument("--checkpoints", default="checkpoints/train")
+    p.add_argument("--live", default="dvclive/train")
+    p.add_argument("--metrics", default="metrics/train.json")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="base vs trained model on held-out tasks")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--trained", default="models/trained")
+    p.add_argument("--out", default="data/eval")
+    p.add_argument("--metrics-dir", default="metrics")
+    p.add_argument("--plots-dir", default="plots")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("inspect", help="what is in a rollouts file, and what filter and pair would keep")
+    p.add_argument("paths", nargs="+", help="files, folders or globs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .stages.common import StageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            from pathlib import Path
+
+            from .params import Params
+
+            params = load_params(args.params) if Path(args.params).exists() else Params()
+        else:
+            params = load_params(args.params)
+        result = args.func(args, params)
+    except (ParamsError, StageError, FileNotFoundError) as err:
+        print(f"gymtrl {args.command}: {err}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

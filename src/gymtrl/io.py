@@ -1,0 +1,127 @@
+"""File edges: atomic writes, JSON/JSONL, and `datasets`-loadable parquet written in streaming batches.
+
+Every artifact is written to a temp file beside its target and renamed into place only when complete,
+so a killed stage never leaves a half-written file where DVC would cache it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import orjson
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temp path beside `path`; renames it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make artifacts unreadable to other users of the repo
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def dumps(obj: Any) -> bytes:
+    """Deterministic JSON (sorted keys) for metrics and side records."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_open(path) as f:
+        f.write(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        f.write(b"\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return orjson.loads(Path(path).read_bytes())
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> int:
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(dumps(row))
+            f.write(b"\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[Any]:
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+class ParquetWriter:
+    """Streams rows into a parquet file that `datasets.load_dataset("parquet", ...)` reads back exactly.
+
+    Columns typed `Json` in `features` (messages, tools) are stored as JSON text with the features in
+    the file's metadata, so nested values of mixed types survive the round trip instead of becoming
+    nulls in an inferred Arrow struct.
+    """
+
+    def __init__(self, path: str | os.PathLike, features, batch_size: int = 512):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self.features = features
+        self.schema = features.arrow_schema
+        self.batch_size = batch_size
+        self._buffer: list[dict] = []
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self.rows = 0
+
+    def write(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        columns = {name: [r[name] for r in self._buffer] for name in self.features}
+        encoded = self.features.encode_batch(columns)
+        table = self._pa.Table.from_pydict(
+            {k: self._pa.array(v, type=_storage_type(self.schema.field(k).type, self._pa)) for k, v in encoded.items()}
+        ).cast(self.schema)
+        self._writer.write_table(table)
+        self.rows += len(self._buffer)
+        self._buffer.clear()
+
+    def __enter__(self) -> "ParquetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+        self._writer.close()
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def _storage_type(t, pa):
+    """Arrow extension types (json) cannot be built from Python values directly: build their storage."""
+    if isinstance(t, pa.BaseExtensionType):
+        return t.storage_type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_storage_type(t.value_type, pa))
+    return t

@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each has a `run(params, ...)` that the CLI calls."""

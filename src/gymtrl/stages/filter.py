@@ -1,0 +1,126 @@
+"""filter: keep rollouts with reward >= min_reward and turns within [min_turns, max_turns].
+
+Outputs (DVC outs): `<out>/rollouts.jsonl` (each kept line byte for byte as it was),
+`<out>/index.jsonl` (source, line, task key, reward and turns of each kept line, same order) and
+`<out>/rejects.jsonl` (every line not kept: file, line number, bucket, reason). Counts go to
+`metrics/filter.json` and add up to the number of lines read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import atomic_open, dumps, write_json
+from ..params import FilterParams, Params
+from ..rollouts import Rejected, Rollout, resolve_sources, scan
+from .common import RejectLog, StageError, describe
+
+
+def decide(item: Rollout | Rejected, p: FilterParams) -> Rollout | Rejected:
+    """The filter's verdict on one parsed line."""
+    if isinstance(item, Rejected):
+        return item
+    if item.reward < p.min_reward:
+        return Rejected(item.line, "dropped", "reward_below_min", f"{item.reward} < {p.min_reward}")
+    if p.min_turns is not None and item.turns < p.min_turns:
+        return Rejected(item.line, "dropped", "too_few_turns", f"{item.turns} < {p.min_turns}")
+    if p.max_turns is not None and item.turns > p.max_turns:
+        return Rejected(item.line, "dropped", "too_many_turns", f"{item.turns} > {p.max_turns}")
+    return item
+
+
+@dataclass
+class Tally:
+    """Running counts; memory does not grow with the number of lines."""
+
+    lines_read: int = 0
+    kept: int = 0
+    buckets: dict[str, Counter] = field(default_factory=lambda: {"dropped": Counter(), "invalid": Counter()})
+    rewards_all: list[float] = field(default_factory=lambda: [float("inf"), float("-inf"), 0.0, 0])
+    rewards_kept: list[float] = field(default_factory=lambda: [float("inf"), float("-inf"), 0.0, 0])
+
+    @staticmethod
+    def _add(acc: list[float], r: float) -> None:
+        acc[0], acc[1], acc[2], acc[3] = min(acc[0], r), max(acc[1], r), acc[2] + r, acc[3] + 1
+
+    def add(self, item: Rollout | Rejected, reward: float | None) -> None:
+        self.lines_read += 1
+        if reward is not None:
+            self._add(self.rewards_all, reward)
+        if isinstance(item, Rejected):
+            self.buckets[item.bucket][item.reason] += 1
+        else:
+            self.kept += 1
+            self._add(self.rewards_kept, item.reward)
+
+    @staticmethod
+    def _stats(acc: list[float]) -> dict:
+        if not acc[3]:
+            return {"n": 0}
+        return {"n": int(acc[3]), "min": acc[0], "max": acc[1], "mean": round(acc[2] / acc[3], 6)}
+
+    def metrics(self) -> dict:
+        dropped, invalid = self.buckets["dropped"], self.buckets["invalid"]
+        return {
+            "lines_read": self.lines_read,
+            "kept": self.kept,
+            "dropped": sum(dropped.values()),
+            "invalid": sum(invalid.values()),
+            "dropped_by_reason": dict(sorted(dropped.items())),
+            "invalid_by_reason": dict(sorted(invalid.items())),
+            "reward_read": self._stats(self.rewards_all),
+            "reward_kept": self._stats(self.rewards_kept),
+        }
+
+
+def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
+    r = m["reward_read"]
+    seen = f"rewards seen {r['min']}..{r['max']} (mean {r['mean']})" if r["n"] else "no valid rollout at all"
+    causes = {
+        "reward_below_min": f"filter.min_reward={p.min_reward}",
+        "too_few_turns": f"filter.min_turns={p.min_turns}",
+        "too_many_turns": f"filter.max_turns={p.max_turns}",
+        "duplicate": "duplicate lines",
+    }
+    removed = ", ".join(f"{causes.get(k, k)} removed {v}" for k, v in m["dropped_by_reason"].items()) or "nothing dropped"
+    invalid = ", ".join(f"{k}: {v}" for k, v in m["invalid_by_reason"].items()) or "none"
+    return (
+        f"filter kept 0 rollouts: read {m['lines_read']} lines from {n_files} file(s); {seen}. "
+        f"{removed}. Invalid lines: {invalid}. Lower the setting that removed them in params.yaml."
+    )
+
+
+def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str | Path = "metrics/filter.json") -> dict:
+    out = Path(out_dir)
+    sources = resolve_sources(params.rollout_specs)
+    describe(sources)
+    if not sources.files:
+        raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
+    tally = Tally()
+    with (
+        atomic_open(out / "rollouts.jsonl") as kept_f,
+        atomic_open(out / "index.jsonl") as index_f,
+        atomic_open(out / "rejects.jsonl") as rejects_f,
+    ):
+        rejects = RejectLog(rejects_f)
+        for parsed in scan(sources.files, merge_system=params.convert.merge_system):
+            item = decide(parsed, params.filter)
+            tally.add(item, parsed.reward if isinstance(parsed, Rollout) else None)
+            if isinstance(item, Rejected):
+                rejects.add(item)
+                continue
+            kept_f.write(item.line.raw + b"\n")
+            index_f.write(
+                dumps({"source": item.line.source, "line": item.line.lineno, "task_key": item.task_key,
+                       "reward": item.reward, "turns": item.turns})
+                + b"\n"
+            )
+        m = tally.metrics()
+        m["files_read"] = len(sources.files)
+        m["files_skipped"] = len(sources.skipped)
+        if tally.kept == 0:
+            raise StageError(nothing_kept_message(m, params.filter, len(sources.files)))
+    write_json(metrics_path, m)
+    return m

@@ -1,0 +1,243 @@
+"""train: SFT (TRL SFTTrainer) on data/sft, DPO (DPOTrainer) on data/pairs, or SFT then DPO.
+
+Every TRL knob sits under `train.sft` / `train.dpo` in params.yaml and goes straight into
+`SFTConfig` / `DPOConfig`; our defaults below only fill what the user did not set.
+Checkpoints live in `checkpoints/` (a persistent DVC out), so a killed run resumes on the next
+`dvc repro`; they are keyed by a hash of everything that shapes training, so a changed param never
+resumes a stale run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+from ..io import dumps, read_json, write_json
+from ..params import Params, ParamsError
+from .common import StageError, log
+
+# Defaults for the embedded demo on a 2-core CPU; anything in params.yaml overrides them.
+SFT_DEFAULTS = {
+    "num_train_epochs": 2,
+    "learning_rate": 1e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 5,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_length": 512,
+    "assistant_only_loss": True,
+    "logging_steps": 5,
+    "save_steps": 25,
+    "save_total_limit": 1,
+}
+DPO_DEFAULTS = {
+    "num_train_epochs": 2,
+    "learning_rate": 5e-6,
+    "beta": 0.1,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_length": 512,
+    "logging_steps": 5,
+    "save_steps": 25,
+    "save_total_limit": 1,
+}
+
+
+def precision(device: str) -> dict:
+    """bf16 autocast where the hardware runs it (CUDA with bf16, or a CPU whose autocast works)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.ones(4, 4) @ torch.ones(4, 4)
+        ok = True
+    except RuntimeError:
+        ok = False
+    return {"bf16": ok, "use_cpu": True}
+
+
+def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str):
+    """SFTConfig / DPOConfig from defaults + params; an unknown key names itself and the section."""
+    from trl import DPOConfig, SFTConfig
+
+    cls, defaults = (SFTConfig, SFT_DEFAULTS) if kind == "sft" else (DPOConfig, DPO_DEFAULTS)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(user) - known)
+    if unknown:
+        raise ParamsError(f"params.yaml: train.{kind}.{unknown[0]} is not a {cls.__name__} field "
+                          f"(unknown keys: {unknown}); see the TRL docs for {cls.__name__}")
+    ours = {"output_dir": output_dir, "seed": seed, "report_to": "none", "save_strategy": "steps",
+            "dataloader_num_workers": 0, "disable_tqdm": True, **precision(device)}
+    if kind == "dpo":
+        ours["precompute_ref_log_probs"] = True  # no second full model in memory
+    try:
+        return cls(**{**ours, **defaults, **user})
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"params.yaml: train.{kind}: {err}") from None
+
+
+def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> str:
+    h = hashlib.sha256()
+    h.update(dumps(params.train.model_dump()))
+    h.update(dumps(params.model.model_dump()))
+    for f in [*data_files, *sorted(model_dir.glob("*"))]:
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def load_rows(path: Path, max_examples: int | None):
+    from datasets import load_dataset
+
+    ds = load_dataset("parquet", data_files=str(path), split="train")
+    if max_examples is not None and len(ds) > max_examples:
+        ds = ds.select(range(max_examples))
+    return ds
+
+
+def length_report(tokenizer, ds, kind: str, max_length: int | None) -> dict:
+    """Token lengths before training: fails when nothing fits, reports how many get truncated."""
+    lengths = []
+    for row in ds:
+        tools = row.get("tools") or None
+        if kind == "sft":
+            ids = tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=True)
+            lengths.append(len(ids if isinstance(ids, list) else ids["input_ids"]))
+        else:
+            longest = 0
+            for side in ("chosen", "rejected"):
+                ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tools=tools, tokenize=True)
+                longest = max(longest, len(ids if isinstance(ids, list) else ids["input_ids"]))
+            lengths.append(longest)
+    if not lengths:
+        raise StageError(f"train: the {kind} dataset is empty; nothing to train on "
+                         f"({'lower filter.min_reward' if kind == 'sft' else 'lower pair.min_diff or change pair.strategy'})")
+    over = sum(1 for n in lengths if max_length and n > max_length)
+    if max_length and over == len(lengths):
+        raise StageError(f"train: all {over} {kind} examples are longer than train.{kind}.max_length={max_length} "
+                         f"(shortest {min(lengths)} tokens); raise max_length")
+    if over:
+        log(f"train: {over} of {len(lengths)} {kind} examples are longer than max_length={max_length} "
+            f"and will be truncated")
+    return {"examples": len(lengths), "tokens": sum(min(n, max_length or n) for n in lengths),
+            "truncated": over, "max_tokens": max(lengths)}
+
+
+def _peft_config(params: Params):
+    if params.train.lora is None:
+        return None
+    from peft import LoraConfig
+
+    lora = params.train.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def _live_callback(live_dir: Path, phase: str):
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    return DVCLiveCallback(live=Live(dir=str(live_dir / phase), save_dvc_exp=False, dvcyaml=None))
+
+
+def _train_phase(kind: str, params: Params, model, tokenizer, data: Path, ckpt_dir: Path, live_dir: Path,
+                 device: str) -> tuple[object, dict]:
+    from trl import DPOTrainer, SFTTrainer
+
+    user = params.train.sft if kind == "sft" else params.train.dpo
+    config = build_config(kind, user, str(ckpt_dir / kind), params.train.seed, device)
+    ds = load_rows(data, params.train.max_examples)
+    lengths = length_report(tokenizer, ds, kind, config.max_length)
+    peft_config = _peft_config(params)
+    trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
+    trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)])
+    last = _last_checkpoint(ckpt_dir / kind)
+    if last:
+        log(f"train: resuming {kind} from {last}")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    seconds = time.perf_counter() - started
+    model = trainer.model
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    epochs = config.num_train_epochs
+    m = {
+        **lengths,
+        "train_loss": round(float(result.training_loss), 6),
+        "train_seconds": round(seconds, 1),
+        "epochs": epochs,
+        "steps": int(result.global_step),
+        "tokens_per_second": round(lengths["tokens"] * epochs / seconds, 1) if not last else None,
+        "resumed_from": str(last) if last else None,
+    }
+    return model, m
+
+
+def _last_checkpoint(d: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(d))) if d.is_dir() and get_last_checkpoint(str(d)) else None
+
+
+def model_card(params: Params, base_info: dict, fingerprint: str, metrics: dict) -> str:
+    import yaml
+
+    return (
+        f"# gymtrl trained model\n\n"
+        f"- base model: {base_info.get('source', params.model.name_or_path)}\n"
+        f"- method: {params.train.method}\n"
+        f"- training data + params fingerprint: {fingerprint}\n\n"
+        f"## params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=True)}```\n\n"
+        f"## training metrics\n\n```yaml\n{yaml.safe_dump(metrics, sort_keys=True)}```\n"
+    )
+
+
+def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="data/pairs",
+        out_dir="models/trained", ckpt_dir="checkpoints/train", live_dir="dvclive/train",
+        metrics_path="metrics/train.json") -> dict:
+    import torch
+
+    from ..models import load_model, load_tokenizer, pick_device
+
+    method = params.train.method
+    phases = {"sft": ["sft"], "dpo": ["dpo"], "sft+dpo": ["sft", "dpo"]}[method]
+    data = {"sft": Path(sft_dir) / "train.parquet", "dpo": Path(pairs_dir) / "train.parquet"}
+    device = pick_device()
+    for kind in phases:  # validate every config before any work
+        build_config(kind, params.train.sft if kind == "sft" else params.train.dpo, "unused", 0, device)
+
+    ckpt_dir, live_dir = Path(ckpt_dir), Path(live_dir)
+    fingerprint = run_fingerprint(params, [data[k] for k in phases], Path(model_dir))
+    stamp = ckpt_dir / "fingerprint.json"
+    if ckpt_dir.exists() and (not stamp.exists() or read_json(stamp).get("fingerprint") != fingerprint):
+        shutil.rmtree(ckpt_dir)  # checkpoints of another configuration must not be resumed
+    write_json(stamp, {"fingerprint": fingerprint})
+
+    torch.manual_seed(params.train.seed)
+    tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
+    model = load_model(model_dir, params.model.trust_remote_code, device="cpu")
+    metrics: dict = {"method": method, "device": device, "fingerprint": fingerprint, **precision(device)}
+    for kind in phases:
+        log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']})")
+        model, m = _train_phase(kind, params, model, tokenizer, data[kind], ckpt_dir, live_dir, device)
+        metrics[kind] = m
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.to("cpu").to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    base_info = read_json(Path(model_dir) / "base_info.json") if (Path(model_dir) / "base_info.json").exists() else {}
+    (tmp / "README.md").write_text(model_card(params, base_info, fingerprint, metrics))
+    tmp.rename(out)
+    write_json(metrics_path, metrics)
+    return metrics
