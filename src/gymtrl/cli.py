@@ -64,7 +64,7 @@ def _inspect(args, params):
 
     summary = stage.summarize(args.paths, params)
     if args.json:
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
     else:
         print(stage.render_text(summary))
     return None

@@ -69,6 +69,27 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Any]:
                 yield orjson.loads(line)
 
 
+@contextlib.contextmanager
+def exact_json_decoding() -> Iterator[None]:
+    """Makes `datasets`' Json feature decode floats exactly while the block runs.
+
+    datasets 5.2 decodes Json columns with pandas' ujson in fast-float mode, which turns 0.7 into
+    0.7000000000000001 (found by our round-trip test on xlam_fc's tool schema). The text on disk is
+    exact (we write it with orjson); this swaps in the stdlib decoder for reading it back. Decoding is
+    lazy (on row access, e.g. inside a trainer's `map`), so wrap the code that reads rows.
+    """
+    import json
+
+    import datasets.features.features as features
+
+    saved = features.ujson_loads
+    features.ujson_loads = json.loads
+    try:
+        yield
+    finally:
+        features.ujson_loads = saved
+
+
 class ParquetWriter:
     """Streams rows into a parquet file that `datasets.load_dataset("parquet", ...)` reads back exactly.
 
@@ -99,8 +120,8 @@ class ParquetWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        columns = {name: [r[name] for r in self._buffer] for name in self.features}
-        encoded = self.features.encode_batch(columns)
+        # Json columns are encoded here with orjson (exact floats), not by datasets' ujson encoder.
+        encoded = {name: [_encode(r[name], self.features[name]) for r in self._buffer] for name in self.features}
         table = self._pa.Table.from_pydict(
             {k: self._pa.array(v, type=_storage_type(self.schema.field(k).type, self._pa)) for k, v in encoded.items()}
         ).cast(self.schema)
@@ -116,6 +137,16 @@ class ParquetWriter:
             self._flush()
         self._writer.close()
         self._atomic.__exit__(exc_type, exc, tb)
+
+
+def _encode(value, feature):
+    from datasets import Json, List
+
+    if isinstance(feature, Json):
+        return None if value is None else orjson.dumps(value).decode()
+    if isinstance(feature, List) and isinstance(feature.feature, Json):
+        return [orjson.dumps(v).decode() for v in value]
+    return value
 
 
 def _storage_type(t, pa):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -176,7 +177,12 @@ def parse_line(line: Line, merge_system: bool = True) -> Rollout | Rejected:
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
-        return Invalid(line, "not_json", f"{err}; starts {raw[:40]!r}")
+        # Python's json module writes NaN / Infinity, which orjson rejects: read those lines with the
+        # stdlib so that the reward check can name the real problem.
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            return Invalid(line, "not_json", f"{err}; starts {raw[:40]!r}")
     if not isinstance(record, dict):
         return Invalid(line, "not_object", f"a JSON {type(record).__name__}")
     if not isinstance(record.get("response"), dict):

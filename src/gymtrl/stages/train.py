@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..io import dumps, read_json, write_json
+from ..io import dumps, exact_json_decoding, read_json, write_json
 from ..params import Params, ParamsError
 from .common import StageError, log
 
@@ -32,6 +32,8 @@ SFT_DEFAULTS = {
     "logging_steps": 5,
     "save_steps": 25,
     "save_total_limit": 1,
+    # TRL turns this on by default; a small model on CPU has memory to spare and trains faster without.
+    "gradient_checkpointing": False,
 }
 DPO_DEFAULTS = {
     "num_train_epochs": 2,
@@ -43,6 +45,7 @@ DPO_DEFAULTS = {
     "logging_steps": 5,
     "save_steps": 25,
     "save_total_limit": 1,
+    "gradient_checkpointing": False,
 }
 
 
@@ -92,9 +95,17 @@ def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> 
     return h.hexdigest()[:16]
 
 
-def load_rows(path: Path, max_examples: int | None):
+def _empty(kind: str) -> StageError:
+    fix = "lower filter.min_reward" if kind == "sft" else "lower pair.min_diff or change pair.strategy"
+    return StageError(f"train: the {kind} dataset is empty; nothing to train on ({fix})")
+
+
+def load_rows(path: Path, kind: str, max_examples: int | None):
+    import pyarrow.parquet as pq
     from datasets import load_dataset
 
+    if pq.ParquetFile(path).metadata.num_rows == 0:
+        raise _empty(kind)  # datasets cannot even load an empty parquet file
     ds = load_dataset("parquet", data_files=str(path), split="train")
     if max_examples is not None and len(ds) > max_examples:
         ds = ds.select(range(max_examples))
@@ -116,8 +127,7 @@ def length_report(tokenizer, ds, kind: str, max_length: int | None) -> dict:
                 longest = max(longest, len(ids if isinstance(ids, list) else ids["input_ids"]))
             lengths.append(longest)
     if not lengths:
-        raise StageError(f"train: the {kind} dataset is empty; nothing to train on "
-                         f"({'lower filter.min_reward' if kind == 'sft' else 'lower pair.min_diff or change pair.strategy'})")
+        raise _empty(kind)
     over = sum(1 for n in lengths if max_length and n > max_length)
     if max_length and over == len(lengths):
         raise StageError(f"train: all {over} {kind} examples are longer than train.{kind}.max_length={max_length} "
@@ -152,12 +162,13 @@ def _train_phase(kind: str, params: Params, model, tokenizer, data: Path, ckpt_d
 
     user = params.train.sft if kind == "sft" else params.train.dpo
     config = build_config(kind, user, str(ckpt_dir / kind), params.train.seed, device)
-    ds = load_rows(data, params.train.max_examples)
-    lengths = length_report(tokenizer, ds, kind, config.max_length)
+    ds = load_rows(data, kind, params.train.max_examples)
     peft_config = _peft_config(params)
     trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
-    trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)])
+    with exact_json_decoding():  # the trainer tokenizes (reads every row) while it is built
+        lengths = length_report(tokenizer, ds, kind, config.max_length)
+        trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)])
     last = _last_checkpoint(ckpt_dir / kind)
     if last:
         log(f"train: resuming {kind} from {last}")

@@ -1,0 +1,175 @@
+"""filter, convert, pair and inspect on every real fixture file, through the same code the CLI runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gymtrl.io import read_json, read_jsonl
+from gymtrl.params import parse_params
+from gymtrl.stages import convert, filter as filter_stage, inspect, pair
+from gymtrl.stages.common import StageError
+from gymtrl.stages.pair import Entry, plan_pairs
+
+FIX = "tests/fixtures/gym-0.4.0"
+
+
+def params(**sections):
+    raw = {"data": {"rollouts": FIX}}
+    raw.update(sections)
+    return parse_params(raw)
+
+
+def digest(*paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def test_filter_counts_add_up_and_kept_lines_are_unchanged(workdir):
+    m = filter_stage.run(params(), "out/filtered", "metrics/filter.json")
+    assert m == read_json("metrics/filter.json")
+    assert m["lines_read"] == m["kept"] + m["dropped"] + m["invalid"] == 115
+    assert (m["kept"], m["dropped_by_reason"], m["invalid_by_reason"]) == (
+        56, {"duplicate": 1, "reward_below_min": 48}, {"no_response": 5, "not_json": 5})
+    originals = {}
+    for path in Path(FIX).glob("*.jsonl"):
+        for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+            originals[(str(path), n)] = raw
+    kept = Path("out/filtered/rollouts.jsonl").read_bytes().splitlines()
+    index = list(read_jsonl("out/filtered/index.jsonl"))
+    assert len(kept) == len(index) == 56
+    for raw, entry in zip(kept, index):
+        assert originals[(entry["source"], entry["line"])] == raw and entry["reward"] >= 0.8
+    rejects = list(read_jsonl("out/filtered/rejects.jsonl"))
+    assert len(rejects) == m["dropped"] + m["invalid"]
+    tavily = [r for r in rejects if "tavily" in r["source"]]
+    assert [(r["line"], r["bucket"], r["reason"]) for r in tavily] == [(n, "invalid", "not_json") for n in range(1, 6)]
+
+
+def test_filter_turn_bounds_use_assistant_turns(workdir):
+    m = filter_stage.run(params(filter={"min_reward": -100, "min_turns": 2, "max_turns": 3}), "f", "m.json")
+    assert m["dropped_by_reason"]["too_few_turns"] > 0 and m["dropped_by_reason"]["too_many_turns"] > 0
+    for entry in read_jsonl("f/index.jsonl"):
+        assert 2 <= entry["turns"] <= 3
+
+
+def test_filter_says_why_nothing_survived(workdir):
+    with pytest.raises(StageError) as err:
+        filter_stage.run(params(filter={"min_reward": 5.0}), "f", "m.json")
+    msg = str(err.value)
+    assert "read 115 lines from 23 file(s)" in msg and "rewards seen -1.0..1.0" in msg
+    assert "filter.min_reward=5.0 removed 104" in msg
+    assert not Path("f/rollouts.jsonl").exists() and not Path("m.json").exists()  # no partial artifact
+
+
+def test_convert_round_trips_through_datasets(workdir, tiny_model_dir):
+    from datasets import load_dataset
+
+    p = params(filter={"min_reward": -100})
+    filter_stage.run(p, "f", "m1.json")
+    m = convert.run(p, "f", tiny_model_dir, "sft", "m2.json")
+    assert m["rows"] == 104 and m["template_error"] == 0 and m["arguments_format"] == "dict"
+    from gymtrl.io import exact_json_decoding
+
+    ds = load_dataset("parquet", data_files="sft/train.parquet", split="train")
+    assert len(ds) == 104
+    with exact_json_decoding():
+        by_line = {(r["source"], r["line"]): r for r in ds}
+    # Without the fix, datasets' own decoder is off by one float ulp, but never turns values into nulls.
+    plain = {(r["source"], r["line"]): r for r in ds}
+    assert all(len(plain[k]["messages"]) == len(v["messages"]) for k, v in by_line.items())
+    # Nested tool arguments of mixed types come back exactly, not as nulls.
+    from gymtrl.chat import format_messages
+    from gymtrl.rollouts import parse_line, iter_lines
+    from gymtrl.templates import probe_format
+    from gymtrl.models import load_tokenizer
+
+    fmt = probe_format(load_tokenizer(tiny_model_dir))
+    checked = 0
+    for path in sorted(Path(FIX).glob("*.jsonl")):
+        for line in iter_lines(path):
+            item = parse_line(line)
+            if (str(path), line.lineno) in by_line and hasattr(item, "conversation"):
+                row = by_line[(str(path), line.lineno)]
+                assert row["messages"] == format_messages(item.conversation.messages, fmt)
+                assert row["tools"] == item.conversation.tools
+                checked += 1
+    assert checked == 104
+    assert any(isinstance(tc["function"]["arguments"], dict) and tc["function"]["arguments"]
+               for r in ds for msg in r["messages"] for tc in msg.get("tool_calls", []))
+
+
+def test_pair_strategies_on_constructed_groups():
+    def e(key, reward, order):
+        return Entry(key, reward, 0, 0, order + 1, order)
+
+    entries = [e("a", 1.0, 0), e("a", 0.9, 1), e("a", 0.2, 2), e("b", 0.5, 3), e("c", 0.7, 4), e("c", 0.7, 5),
+               e("d", 0.3, 6), e("d", 0.2, 7)]
+    top2 = plan_pairs(entries, "top_vs_second", 0.1)
+    assert [(c.order, r.order) for c, r in top2.pairs] == [(0, 1), (6, 7)]  # 0.9 - 0.8 style gaps count
+    assert top2.stats["groups_single_rollout"] == 1 and top2.stats["groups_all_tied"] == 1
+    assert [(c.order, r.order) for c, r in plan_pairs(entries, "top_vs_bottom", 0.5).pairs] == [(0, 2)]
+    allp = plan_pairs(entries, "all_pairs", 0.1)
+    assert [(c.order, r.order) for c, r in allp.pairs] == [(0, 1), (0, 2), (1, 2), (6, 7)]
+    assert plan_pairs(entries, "all_pairs", 0.8).stats["below_min_diff"] == 3
+
+
+def test_pair_on_fixtures_and_demo_rollouts(workdir, tiny_model_dir):
+    from datasets import load_dataset
+
+    m = pair.run(params(pair={"strategy": "all_pairs", "min_diff": 0.1}), tiny_model_dir, "pairs", "pair.json")
+    # blackjack's task 0 was dealt different hands: same task index, different prompts -> no pair.
+    assert m["pairs"] == 0 and m["prompt_mismatch"] == 6 and m["groups_single_rollout"] == 94
+    assert m["lines_read"] == m["rollouts"] + m["invalid"] + m["dropped_duplicates"] == 115
+    from gymtrl.stages import demo
+
+    demo.run(parse_params({}), "demo", "demo.json")
+    m = pair.run(parse_params({"data": {"rollouts": "demo/rollouts.jsonl"}}), tiny_model_dir, "pairs2", "pair2.json")
+    ds = load_dataset("parquet", data_files="pairs2/train.parquet", split="train")
+    assert m["pairs"] == len(ds) > 0
+    for row in ds:
+        assert row["chosen_reward"] - row["rejected_reward"] >= 0.1 - 1e-9
+        assert [x["role"] for x in row["prompt"]] == ["system", "user"]
+        assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
+        assert row["tools"][0]["function"]["name"] == "calculator"
+
+
+def test_inspect_cli_reports_every_fixture(workdir):
+    out = subprocess.run([sys.executable, "-m", "gymtrl.cli", "--params", "none.yaml", "inspect", FIX, "--json"],
+                         capture_output=True, check=True)
+    s = orjson.loads(out.stdout)
+    assert s["lines_read"] == 115 and s["rollouts"] == 104 and len(s["skipped_files"]) == 3
+    assert sum(b["count"] for b in s["reward"]["histogram"]) == 104
+    assert s["filter_would_keep"] == 56 and s["tasks"] == 96
+    assert "tavily_search" in s["invalid_examples"]["not_json"]
+    text = subprocess.run([sys.executable, "-m", "gymtrl.cli", "--params", "none.yaml", "inspect", FIX],
+                          capture_output=True, check=True, text=True).stdout
+    assert "would keep 56" in text and "invalid not_json: 5" in text
+
+
+def test_reruns_are_byte_identical(workdir, tiny_model_dir):
+    p = params(filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
+    runs = []
+    for i in range(2):
+        filter_stage.run(p, "f", "m/filter.json")
+        convert.run(p, "f", tiny_model_dir, "sft", "m/convert.json")
+        pair.run(p, tiny_model_dir, "pairs", "m/pair.json")
+        runs.append(digest("f/rollouts.jsonl", "f/index.jsonl", "f/rejects.jsonl", "sft/train.parquet",
+                           "pairs/train.parquet", "m/filter.json", "m/convert.json", "m/pair.json"))
+    assert runs[0] == runs[1]
+
+
+def test_cli_reports_bad_params_without_a_traceback(workdir):
+    Path("params.yaml").write_text("filter:\n  min_reward: high\npair:\n  min_diff: -1\n")
+    out = subprocess.run([sys.executable, "-m", "gymtrl.cli", "filter"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "filter.min_reward = 'high'" in out.stderr and "pair.min_diff = -1" in out.stderr
+    assert "params.yaml" in out.stderr
