@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from .calculator import calculate, run_tool
-from .tasks import verify
+from .tasks import combine, verify
 
 # ---------------------------------------------------------------- Gym records
 
@@ -62,6 +62,7 @@ _BEHAVIOUR = {
     "multiply": (0.5, 0.2, 0.1, 0.1, 0.1),
     "shop": (0.45, 0.2, 0.15, 0.1, 0.1),
     "trip": (0.4, 0.2, 0.2, 0.1, 0.1),
+    "compare": (0.4, 0.2, 0.2, 0.1, 0.1),
 }
 
 
@@ -84,9 +85,10 @@ def reference_episode(task: dict, rollout_index: int, rng: random.Random) -> lis
         k = rng.randrange(len(steps))
         steps[k] = _miscopy(steps[k], rng)
     result = ""
+    results = []
     for j, expr in enumerate(steps):
-        if j > 0 and result:  # later steps use the previous result as the tool returned it
-            expr = re.sub(r"^\S+", result, expr) if behaviour == "miscopy" else expr
+        if j > 0 and task["chained"] and behaviour == "miscopy":  # later steps use the (wrong) result
+            expr = re.sub(r"^\S+", result, expr)
         args = {"expression": expr}
         if behaviour == "bad_call" and j == 0:
             args = {"expr": expr}
@@ -97,6 +99,8 @@ def reference_episode(task: dict, rollout_index: int, rng: random.Random) -> lis
         if result.startswith("Error"):
             output.append(_text_item("The calculator failed, so I cannot solve this."))
             return output
+        results.append(result)
+    result = combine(task, results)
     if behaviour == "no_answer":
         output.append(_text_item(f"The result is {result}."))
     else:

@@ -1,7 +1,8 @@
 """Calculator tasks in the Gym input shape, the verifier, and the task split.
 
-Four families of rising difficulty, so results do not saturate: `add` and `multiply` need one
-calculator call; `shop` needs two steps; `trip` needs three. A task is a Gym input line:
+Five families of rising difficulty, so results do not saturate: `add` and `multiply` need one
+calculator call; `shop` needs two chained steps; `trip` three; `compare` two independent products and a
+choice between them. A task is a Gym input line:
 `responses_create_params` (input + tools) plus the verifier's fields (`expected_answer`, `family`).
 """
 
@@ -12,7 +13,7 @@ import re
 from fractions import Fraction
 
 AGENT_NAME = "gymtrl_calculator_agent"
-FAMILIES = ("add", "multiply", "shop", "trip")
+FAMILIES = ("add", "multiply", "shop", "trip", "compare")
 
 SYSTEM_PROMPT = (
     "Solve the problem. Use the calculator tool for every arithmetic step. "
@@ -37,34 +38,67 @@ REWARD_WRONG = 0.2  # a well-formed but wrong answer
 REWARD_MALFORMED = 0.0  # no "Answer: <number>" line
 
 
-def _problem(family: str, rng: random.Random) -> tuple[str, list[str]]:
-    """Question text and the calculator steps that solve it (each step an expression)."""
+def _problem(family: str, rng: random.Random) -> tuple[str, list[str], bool]:
+    """Question text, the calculator steps that solve it, and whether each step uses the previous result.
+
+    Word problems come in several phrasings, with the numbers in different orders and sometimes a
+    distractor number, so a model has to read the question rather than learn one template.
+    """
+    distractor = rng.choice(["", "", f" The shop opened {rng.randint(2, 40)} years ago.",
+                             f" It is {rng.randint(2, 11)} o'clock."])
     if family == "add":
         a, b = rng.randint(100, 9999), rng.randint(100, 9999)
-        return f"What is {a} + {b}?", [f"{a} + {b}"]
+        q = rng.choice([f"What is {a} + {b}?", f"Add {a} and {b}.", f"A farm has {a} hens and {b} ducks. How many birds is that?"])
+        return q, [f"{a} + {b}"], False
     if family == "multiply":
         a, b = rng.randint(12, 99), rng.randint(12, 999)
-        return f"What is {a} * {b}?", [f"{a} * {b}"]
+        q = rng.choice([f"What is {a} * {b}?", f"Multiply {a} by {b}.", f"{a} crates hold {b} apples each. How many apples?"])
+        return q, [f"{a} * {b}"], False
     if family == "shop":
         boxes, per, sold = rng.randint(3, 60), rng.randint(6, 48), rng.randint(5, 150)
         total = boxes * per
         sold = min(sold, total - 1)
-        return (f"A shop has {boxes} boxes with {per} pens in each box. It sells {sold} pens. "
-                f"How many pens are left?", [f"{boxes} * {per}", f"{total} - {sold}"])
+        q = rng.choice([
+            f"A shop has {boxes} boxes with {per} pens in each box. It sells {sold} pens. How many pens are left?",
+            f"A shop sells {sold} pens from its stock of {boxes} boxes of {per} pens each. How many pens are left?",
+            f"Each box holds {per} pens and a shop has {boxes} boxes.{distractor} After selling {sold} pens, how many pens remain?",
+        ])
+        return q, [f"{boxes} * {per}", f"{total} - {sold}"], True
     if family == "trip":
         people, nights, rate, fee = rng.randint(2, 9), rng.randint(2, 7), rng.randint(40, 180), rng.randint(10, 90)
         room = nights * rate
-        return (f"{people} friends rent a cabin for {nights} nights at {rate} dollars per night and pay a "
-                f"{fee} dollar cleaning fee. They split the cost equally. How much does each friend pay?",
-                [f"{nights} * {rate}", f"{room} + {fee}", f"{room + fee} / {people}"])
+        q = rng.choice([
+            f"{people} friends rent a cabin for {nights} nights at {rate} dollars per night and pay a {fee} dollar "
+            f"cleaning fee. They split the cost equally. How much does each friend pay?",
+            f"A cabin costs {rate} dollars per night plus a {fee} dollar cleaning fee. {people} friends stay "
+            f"{nights} nights and share the cost equally. How much does each pay?",
+        ])
+        return q, [f"{nights} * {rate}", f"{room} + {fee}", f"{room + fee} / {people}"], True
+    if family == "compare":
+        a, b, c, d = rng.randint(11, 60), rng.randint(11, 60), rng.randint(11, 60), rng.randint(11, 60)
+        q = rng.choice([
+            f"Shop A sells {a} packs of {b} cards. Shop B sells {c} packs of {d} cards. How many cards does the "
+            f"shop that sells more cards sell?",
+            f"Team Red has {a} rows of {b} seats and Team Blue has {c} rows of {d} seats.{distractor} How many "
+            f"seats does the bigger team area have?",
+        ])
+        return q, [f"{a} * {b}", f"{c} * {d}"], False
     raise ValueError(f"unknown family {family!r}")
+
+
+def combine(task_or_family, results: list[str]) -> str:
+    """The final answer from the steps' results: the larger one for `compare`, else the last one."""
+    family = task_or_family if isinstance(task_or_family, str) else task_or_family["family"]
+    if family == "compare":
+        return max(results, key=lambda r: Fraction(r))
+    return results[-1]
 
 
 def make_task(index: int, family: str, rng: random.Random) -> dict:
     from .calculator import calculate
 
-    question, steps = _problem(family, rng)
-    answer = calculate(steps[-1])
+    question, steps, chained = _problem(family, rng)
+    answer = combine(family, [calculate(step) for step in steps])
     return {
         "responses_create_params": {
             "input": [
@@ -76,6 +110,7 @@ def make_task(index: int, family: str, rng: random.Random) -> dict:
         "expected_answer": answer,
         "family": family,
         "steps": steps,
+        "chained": chained,
         "agent_ref": {"type": "responses_api_agents", "name": AGENT_NAME},
         "_ng_task_index": index,
     }
