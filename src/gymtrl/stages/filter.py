@@ -32,34 +32,40 @@ def decide(item: Rollout | Rejected, p: FilterParams) -> Rollout | Rejected:
 
 
 @dataclass
+class RunningStats:
+    n: int = 0
+    total: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+
+    def add(self, x: float) -> None:
+        self.n, self.total, self.low, self.high = self.n + 1, self.total + x, min(self.low, x), max(self.high, x)
+
+    def as_dict(self) -> dict:
+        if not self.n:
+            return {"n": 0}
+        return {"n": self.n, "min": self.low, "max": self.high, "mean": round(self.total / self.n, 6)}
+
+
+@dataclass
 class Tally:
     """Running counts; memory does not grow with the number of lines."""
 
     lines_read: int = 0
     kept: int = 0
     buckets: dict[str, Counter] = field(default_factory=lambda: {"dropped": Counter(), "invalid": Counter()})
-    rewards_all: list[float] = field(default_factory=lambda: [float("inf"), float("-inf"), 0.0, 0])
-    rewards_kept: list[float] = field(default_factory=lambda: [float("inf"), float("-inf"), 0.0, 0])
-
-    @staticmethod
-    def _add(acc: list[float], r: float) -> None:
-        acc[0], acc[1], acc[2], acc[3] = min(acc[0], r), max(acc[1], r), acc[2] + r, acc[3] + 1
+    rewards_read: RunningStats = field(default_factory=RunningStats)
+    rewards_kept: RunningStats = field(default_factory=RunningStats)
 
     def add(self, item: Rollout | Rejected, reward: float | None) -> None:
         self.lines_read += 1
         if reward is not None:
-            self._add(self.rewards_all, reward)
+            self.rewards_read.add(reward)
         if isinstance(item, Rejected):
             self.buckets[item.bucket][item.reason] += 1
         else:
             self.kept += 1
-            self._add(self.rewards_kept, item.reward)
-
-    @staticmethod
-    def _stats(acc: list[float]) -> dict:
-        if not acc[3]:
-            return {"n": 0}
-        return {"n": int(acc[3]), "min": acc[0], "max": acc[1], "mean": round(acc[2] / acc[3], 6)}
+            self.rewards_kept.add(item.reward)
 
     def metrics(self) -> dict:
         dropped, invalid = self.buckets["dropped"], self.buckets["invalid"]
@@ -70,8 +76,8 @@ class Tally:
             "invalid": sum(invalid.values()),
             "dropped_by_reason": dict(sorted(dropped.items())),
             "invalid_by_reason": dict(sorted(invalid.items())),
-            "reward_read": self._stats(self.rewards_all),
-            "reward_kept": self._stats(self.rewards_kept),
+            "reward_read": self.rewards_read.as_dict(),
+            "reward_kept": self.rewards_kept.as_dict(),
         }
 
 

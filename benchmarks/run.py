@@ -1,0 +1,199 @@
+"""Data-stage benchmarks: our filter / convert / pair vs the seed tutorial's approach vs parse-only limits.
+
+Inputs are generated here (never committed): the real Gym fixture rollouts replicated with varied task
+indices and rewards (4 rollouts per task, so pairing has work to do). Each measurement runs in its own
+process so its peak RSS is its own. Results are appended to benchmarks/results.json and printed as a
+Markdown table.
+
+    python benchmarks/run.py --sizes 10 100 1000      # MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "gym-0.4.0"
+WORK = ROOT / "benchmarks" / ".work"
+
+
+def make_input(path: Path, megabytes: int) -> int:
+    """Replicates valid fixture rollouts until the file has `megabytes` MB; returns the line count."""
+    import orjson
+
+    from gymtrl.rollouts import Rollout, resolve_sources, scan
+
+    seeds = [item.record for item in scan(resolve_sources([str(FIXTURES)]).files) if isinstance(item, Rollout)]
+    rng = random.Random(0)
+    target = megabytes * 1_000_000
+    written = lines = 0
+    with open(path, "wb") as f:
+        task = 0
+        while written < target:
+            base = seeds[task % len(seeds)]
+            for k in range(4):
+                rec = dict(base)
+                rec["_ng_task_index"] = task
+                rec["_ng_rollout_index"] = k
+                rec["agent_ref"] = {"name": f"bench_agent_{task % len(seeds)}"}
+                rec["reward"] = rng.choice([0.0, 0.2, 0.5, 0.9, 1.0])
+                raw = orjson.dumps(rec) + b"\n"
+                f.write(raw)
+                written += len(raw)
+                lines += 1
+            task += 1
+    return lines
+
+
+# ------------------------------------------------------------------ the seed tutorial's approach
+
+def seed_filter(src: str, out: str) -> None:
+    rollouts = [json.loads(line) for line in open(src)]
+    kept = [r for r in rollouts if r["reward"] >= 0.8]
+    with open(out, "w") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+
+
+def seed_convert(src: str, out: str) -> None:
+    rollouts = [json.loads(line) for line in open(src)]
+    kept = [r for r in rollouts if r["reward"] >= 0.8]
+    rows = []
+    for r in kept:
+        inp = r["responses_create_params"]["input"]
+        inp = [{"role": "user", "content": inp}] if isinstance(inp, str) else inp
+        rows.append({"messages": inp + r["response"]["output"]})  # corrected: response.output
+    with open(out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def seed_pair(src: str, out: str) -> None:
+    rollouts = [json.loads(line) for line in open(src)]
+    groups: dict = {}
+    for r in rollouts:
+        groups.setdefault(json.dumps(r["responses_create_params"]["input"]), []).append(r)
+    pairs = []
+    for group in groups.values():
+        group.sort(key=lambda r: -r["reward"])
+        if len(group) > 1 and group[0]["reward"] - group[1]["reward"] >= 0.1:
+            pairs.append({"prompt": group[0]["responses_create_params"]["input"],
+                          "chosen": group[0]["response"]["output"], "rejected": group[1]["response"]["output"]})
+    with open(out, "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+
+
+# ------------------------------------------------------------------ limits and ours
+
+def raw_read(src: str, out: str) -> None:
+    with open(src, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def orjson_parse(src: str, out: str) -> None:
+    import orjson
+
+    with open(src, "rb") as f:
+        for line in f:
+            orjson.loads(line)
+
+
+def _params(src: str):
+    from gymtrl.params import parse_params
+
+    return parse_params({"data": {"rollouts": src}})
+
+
+def ours_filter(src: str, out: str) -> None:
+    from gymtrl.stages import filter as stage
+
+    stage.run(_params(src), out_dir=out + ".filtered", metrics_path=out + ".filter.json")
+
+
+def ours_convert(src: str, out: str) -> None:
+    from gymtrl.stages import convert as stage
+
+    stage.run(_params(src), filtered_dir=out + ".filtered", model_dir=str(WORK / "tokenizer"),
+              out_dir=out + ".sft", metrics_path=out + ".convert.json")
+
+
+def ours_pair(src: str, out: str) -> None:
+    from gymtrl.stages import pair as stage
+
+    stage.run(_params(src), model_dir=str(WORK / "tokenizer"), out_dir=out + ".pairs", metrics_path=out + ".pair.json")
+
+
+JOBS = {f.__name__: f for f in (raw_read, orjson_parse, seed_filter, seed_convert, seed_pair,
+                                ours_filter, ours_convert, ours_pair)}
+
+
+def measure(job: str, src: Path, out: Path) -> dict:
+    """Runs one job in a child process; wall time and the child's own peak RSS."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--job", job, str(src), str(out)],
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"{job} failed with status {status}")
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def ensure_tokenizer() -> None:
+    d = WORK / "tokenizer"
+    if (d / "tokenizer.json").exists():
+        return
+    from transformers import AutoTokenizer
+
+    from gymtrl.models import EMBEDDED_GGUF, embedded_dir, ensure_tool_template
+
+    tok = AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
+    ensure_tool_template(tok)
+    tok.save_pretrained(d)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--job", nargs=3)
+    args = parser.parse_args()
+    if args.job:
+        JOBS[args.job[0]](args.job[1], args.job[2])
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    ensure_tokenizer()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    results = []
+    for mb in args.sizes:
+        src = WORK / f"rollouts_{mb}mb.jsonl"
+        lines = make_input(src, mb) if not src.exists() else sum(1 for _ in open(src, "rb"))
+        size_mb = src.stat().st_size / 1e6
+        for job in JOBS:
+            out = WORK / f"out_{mb}_{job}"
+            m = measure(job, src, out)
+            m.update(job=job, input_mb=round(size_mb, 1), lines=lines,
+                     mb_per_s=round(size_mb / m["seconds"], 1), rollouts_per_s=round(lines / m["seconds"]))
+            results.append(m)
+            print(f"{mb:>5} MB  {job:<14} {m['seconds']:>8.2f}s  {m['mb_per_s']:>7.1f} MB/s  "
+                  f"{m['rollouts_per_s']:>8} rollouts/s  peak RSS {m['peak_rss_mb']:>7.1f} MB", flush=True)
+    record = {"machine": machine, "command": "python benchmarks/run.py --sizes " + " ".join(map(str, args.sizes)),
+              "date": time.strftime("%Y-%m-%d"), "results": results}
+    path = ROOT / "benchmarks" / "results.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    history.append(record)
+    path.write_text(json.dumps(history, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    main()
