@@ -2,9 +2,9 @@
 
 Every TRL knob sits under `train.sft` / `train.dpo` in params.yaml and goes straight into
 `SFTConfig` / `DPOConfig`; our defaults below only fill what the user did not set.
-Checkpoints live in `checkpoints/` (a persistent DVC out), so a killed run resumes on the next
-`dvc repro`; they are keyed by a hash of everything that shapes training, so a changed param never
-resumes a stale run.
+Checkpoints live in `checkpoints/`, outside DVC's outs (DVC deletes a stage's outs before running
+it), so a killed run resumes on the next `dvc repro`; they are keyed by a hash of everything that
+shapes training, so a changed param or dataset never resumes a stale run.
 """
 
 from __future__ import annotations
