@@ -89,6 +89,16 @@ def test_repro_then_force_is_deterministic_then_exp_run(repo):
     shown = orjson.loads(run(["dvc", "exp", "show", "--json"], repo))
     names = [e.get("name") for rev in shown for e in (rev.get("experiments") or []) for e in e.get("revs", [])]
     assert "dpo-run" in names
-    html = repo / "plots.html"
-    run(["dvc", "plots", "show", "-o", str(repo / "plots_out")], repo)
-    assert (repo / "plots_out" / "index.html").exists() or html.exists()
+    run(["dvc", "plots", "diff", "dpo-run", "-o", str(repo / "plots_out")], repo)
+    assert (repo / "plots_out" / "index.html").exists()
+
+    report = orjson.loads(run(["gymtrl", "compare", "--json", "--examples", "1", "--html", "report.html"], repo))
+    rows = {r["run"]: r for r in report["runs"]}
+    assert rows["dpo-run"]["changed_params"] == {"pair.strategy": "all_pairs", "train.method": "dpo"}
+    assert rows["dpo-run"]["n"] == 8 and rows["dpo-run"]["verdict"] in ("better", "worse", "no detectable difference")
+    assert rows["workspace"]["n"] == 8 and report["baseline"]["label"] == "base model"
+    page = (repo / "report.html").read_text()
+    assert "<svg" in page and "training loss" in page
+    from test_compare import EXTERNAL
+
+    assert not any(marker in page for marker in EXTERNAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 import orjson
@@ -29,7 +30,7 @@ def _demo(args, params):
 def _filter(args, params):
     from .stages import filter as stage
 
-    return stage.run(params, out_dir=args.out, metrics_path=args.metrics)
+    return stage.run(params, out_dir=args.out, metrics_path=args.metrics, plots_path=args.plots)
 
 
 def _convert(args, params):
@@ -57,6 +58,21 @@ def _evaluate(args, params):
 
     return stage.run(params, base_dir=args.base, trained_dir=args.trained, out_dir=args.out,
                      metrics_dir=args.metrics_dir, plots_dir=args.plots_dir)
+
+
+def _compare(args, params):
+    from . import compare
+
+    report = compare.run(args.runs, args.baseline, params.eval.success_threshold, args.examples)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(compare.render_markdown(report))
+    if args.html:
+        from .report import write_html
+
+        write_html(args.html, report, [r["rev"] for r in report["runs"] if r["status"] == "success"])
+    return None
 
 
 def _inspect(args, params):
@@ -88,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("filter", help="keep rollouts by reward and turns")
     p.add_argument("--out", default="data/filtered")
     p.add_argument("--metrics", default="metrics/filter.json")
+    p.add_argument("--plots", default="plots/filter_rewards.json")
     p.set_defaults(func=_filter)
 
     p = sub.add_parser("convert", help="filtered rollouts -> TRL conversational SFT dataset")
@@ -121,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots-dir", default="plots")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("compare", help="paired comparison of experiments on the same held-out tasks")
+    p.add_argument("runs", nargs="*", help="experiment names or git revisions (default: workspace + experiments)")
+    p.add_argument("--baseline", help="compare against this run's trained model (default: the base model)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--md", action="store_true", help="Markdown table, ready for a pull request (default)")
+    fmt.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--examples", type=int, default=0, metavar="N", help="show N flipped tasks per direction")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with the plots")
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("inspect", help="what is in a rollouts file, and what filter and pair would keep")
     p.add_argument("paths", nargs="+", help="files, folders or globs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -133,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "inspect":
+        if args.command in ("inspect", "compare"):
             from pathlib import Path
 
             from .params import Params
@@ -142,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             params = load_params(args.params)
         result = args.func(args, params)
-    except (ParamsError, StageError, FileNotFoundError) as err:
+    except (ParamsError, StageError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"gymtrl {args.command}: {err}", file=sys.stderr)
         return 2
     if result is not None:

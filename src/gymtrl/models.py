@@ -14,7 +14,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .io import read_json, write_json
+from .io import atomic_dir, read_json, write_json
 from .templates import TOOL_CHATML_TEMPLATE, supports_tools
 
 EMBEDDED = "embedded"
@@ -65,11 +65,14 @@ def _fix_pad(tokenizer) -> None:
 
 def materialize_base(name_or_path: str, out_dir: str | os.PathLike, trust_remote_code: bool = False) -> dict:
     """Writes a loadable base-model directory; returns what was done (for metrics and the model card)."""
+    with atomic_dir(out_dir) as out:
+        return _materialize(name_or_path, out, trust_remote_code)
+
+
+def _materialize(name_or_path: str, out: Path, trust_remote_code: bool) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if name_or_path == EMBEDDED:
         src = embedded_dir()
         tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=EMBEDDED_GGUF)

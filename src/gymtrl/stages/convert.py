@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..chat import ChatFormat, Conversation, format_messages
-from ..io import ParquetWriter, atomic_open, read_jsonl, write_json
+from ..io import ParquetWriter, atomic_dir, read_jsonl, write_json
 from ..params import Params
 from ..rollouts import Line, Rejected, iter_lines, parse_line
 from .common import RejectLog, StageError, log
@@ -66,8 +66,9 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
     roles: Counter = Counter()
     stats: Counter = Counter()
     with (
-        ParquetWriter(Path(out_dir) / "train.parquet", sft_features()) as writer,
-        atomic_open(Path(out_dir) / "rejects.jsonl") as rejects_f,
+        atomic_dir(out_dir) as out,
+        ParquetWriter(out / "train.parquet", sft_features()) as writer,
+        open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
         rejects = RejectLog(rejects_f)
         index = read_jsonl(filtered / "index.jsonl")

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
 from ..params import EvalParams, Params
 from ..rollouts import Rejected, Rollout, parse_line, iter_lines
 from .common import StageError, log
@@ -74,6 +74,18 @@ def score_file(path: Path, threshold: float) -> tuple[dict, dict[str, list[float
     return m, by_family
 
 
+def reward_histogram(out: Path) -> list[dict]:
+    """Rows {reward, baseline, trained}: how many held-out episodes of each model got each reward."""
+    counts: dict[float, dict] = {}
+    for name in ("baseline", "trained"):
+        for line in iter_lines(out / f"{name}_rollouts.jsonl"):
+            item = parse_line(line)
+            if isinstance(item, Rollout):
+                row = counts.setdefault(round(item.reward, 2), {"baseline": 0, "trained": 0})
+                row[name] += 1
+    return [{"reward": r, **c} for r, c in sorted(counts.items())]
+
+
 def builtin_rollouts(model_dir: str, tasks: list[dict], p: EvalParams, params: Params, name: str) -> list[dict]:
     from ..env.agents import GenerationSettings, model_rollouts
     from ..models import load_model, load_tokenizer
@@ -113,19 +125,17 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
     tasks = list(read_jsonl(tasks_path))
     if not tasks:
         raise StageError(f"eval.tasks={p.tasks!r} has no task")
-    out = Path(out_dir)
     results = {}
-    for name, model_dir in (("baseline", base_dir), ("trained", trained_dir)):
-        path = out / f"{name}_rollouts.jsonl"
-        if p.backend == "builtin":
-            write_jsonl(path, builtin_rollouts(model_dir, tasks, p, params, name))
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial.jsonl")
-            gym_rollouts(p.gym_command, model_dir, str(tasks_path), tmp)
-            tmp.replace(path)
-        results[name], _ = score_file(path, p.success_threshold)
-
+    with atomic_dir(out_dir) as out:
+        for name, model_dir in (("baseline", base_dir), ("trained", trained_dir)):
+            path = out / f"{name}_rollouts.jsonl"
+            if p.backend == "builtin":
+                write_jsonl(path, builtin_rollouts(model_dir, tasks, p, params, name))
+            else:
+                gym_rollouts(p.gym_command, model_dir, str(tasks_path), path)
+            results[name], _ = score_file(path, p.success_threshold)
+        histogram = reward_histogram(out)
+    out = Path(out_dir)
     base, trained = results["baseline"], results["trained"]
     if not trained.get("n"):
         raise StageError(f"evaluate: no scorable rollout in {out / 'trained_rollouts.jsonl'}")
@@ -137,8 +147,10 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
                                                     "success_rate_ci95") if k in ref}
     write_json(Path(metrics_dir) / "baseline.json", base)
     write_json(Path(metrics_dir) / "eval.json", trained)
-    rows = [{"model": name, "family": fam, "success_rate": s["success_rate"], "avg_reward": s["avg_reward"]}
+    rows = [{"model": name, "family": fam, "model_family": f"{fam} ({name})", "success_rate": s["success_rate"],
+             "avg_reward": s["avg_reward"]}
             for name, m in results.items() for fam, s in m["by_family"].items()]
     write_json(Path(plots_dir) / "eval_by_family.json", rows)
+    write_json(Path(plots_dir) / "eval_rewards.json", histogram)
     return {"baseline": {k: base.get(k) for k in ("n", "avg_reward", "success_rate")},
             "trained": {k: trained.get(k) for k in ("n", "avg_reward", "success_rate", "delta_success_rate")}}

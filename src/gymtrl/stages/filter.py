@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import atomic_open, dumps, write_json
+from ..io import atomic_dir, dumps, write_json
 from ..params import FilterParams, Params
 from ..rollouts import Rejected, Rollout, resolve_sources, scan
 from .common import RejectLog, StageError, describe
@@ -56,16 +56,23 @@ class Tally:
     buckets: dict[str, Counter] = field(default_factory=lambda: {"dropped": Counter(), "invalid": Counter()})
     rewards_read: RunningStats = field(default_factory=RunningStats)
     rewards_kept: RunningStats = field(default_factory=RunningStats)
+    # Reward distribution before/after filtering, rounded to 2 decimals so memory stays bounded.
+    histogram: dict[float, list[int]] = field(default_factory=dict)
 
     def add(self, item: Rollout | Rejected, reward: float | None) -> None:
         self.lines_read += 1
         if reward is not None:
             self.rewards_read.add(reward)
+            self.histogram.setdefault(round(reward, 2), [0, 0])[0] += 1
         if isinstance(item, Rejected):
             self.buckets[item.bucket][item.reason] += 1
         else:
             self.kept += 1
             self.rewards_kept.add(item.reward)
+            self.histogram[round(item.reward, 2)][1] += 1
+
+    def histogram_rows(self) -> list[dict]:
+        return [{"reward": r, "read": read, "kept": kept} for r, (read, kept) in sorted(self.histogram.items())]
 
     def metrics(self) -> dict:
         dropped, invalid = self.buckets["dropped"], self.buckets["invalid"]
@@ -98,17 +105,18 @@ def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
     )
 
 
-def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str | Path = "metrics/filter.json") -> dict:
-    out = Path(out_dir)
+def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str | Path = "metrics/filter.json",
+        plots_path: str | Path | None = None) -> dict:
     sources = resolve_sources(params.rollout_specs)
     describe(sources)
     if not sources.files:
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
     tally = Tally()
     with (
-        atomic_open(out / "rollouts.jsonl") as kept_f,
-        atomic_open(out / "index.jsonl") as index_f,
-        atomic_open(out / "rejects.jsonl") as rejects_f,
+        atomic_dir(out_dir) as out,
+        open(out / "rollouts.jsonl", "wb") as kept_f,
+        open(out / "index.jsonl", "wb") as index_f,
+        open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
         rejects = RejectLog(rejects_f)
         for parsed in scan(sources.files, merge_system=params.convert.merge_system):
@@ -129,4 +137,6 @@ def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str
         if tally.kept == 0:
             raise StageError(nothing_kept_message(m, params.filter, len(sources.files)))
     write_json(metrics_path, m)
+    if plots_path:
+        write_json(plots_path, tally.histogram_rows())
     return m

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from ..chat import format_messages
-from ..io import ParquetWriter, atomic_open, write_json
+from ..io import ParquetWriter, atomic_dir, write_json
 from ..params import Params
 from ..rollouts import Line, Rejected, Rollout, open_binary, parse_line, read_line_at, resolve_sources, scan
 from .common import RejectLog, StageError, describe, log
@@ -132,10 +132,10 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
     fmt = probe_format(load_tokenizer(model_dir, params.model.trust_remote_code),
                        params.convert.arguments, params.convert.reasoning)
-    out = Path(out_dir)
     with (
+        atomic_dir(out_dir) as out,
         ParquetWriter(out / "train.parquet", pair_features()) as writer,
-        atomic_open(out / "rejects.jsonl") as rejects_f,
+        open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
         rejects = RejectLog(rejects_f)
         entries, counts = index_rollouts(sources.files, params.convert.merge_system, rejects)

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..io import dumps, exact_json_decoding, read_json, write_json
+from ..io import atomic_dir, dumps, exact_json_decoding, read_json, write_json
 from ..params import Params, ParamsError
 from .common import StageError, log
 
@@ -239,16 +239,10 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
         log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']})")
         model, m = _train_phase(kind, params, model, tokenizer, data[kind], ckpt_dir, live_dir, device)
         metrics[kind] = m
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.to("cpu").to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     base_info = read_json(Path(model_dir) / "base_info.json") if (Path(model_dir) / "base_info.json").exists() else {}
-    (tmp / "README.md").write_text(model_card(params, base_info, fingerprint, metrics))
-    tmp.rename(out)
+    with atomic_dir(out_dir) as out:
+        model.to("cpu").to(torch.float32).save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / "README.md").write_text(model_card(params, base_info, fingerprint, metrics))
     write_json(metrics_path, metrics)
     return metrics

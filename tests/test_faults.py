@@ -1,0 +1,66 @@
+"""Kill -9 in the middle of each data stage: no partial output where DVC would cache it, and the next
+run finishes correctly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from conftest import FIXTURES
+
+
+def big_rollouts(path: Path, copies: int) -> int:
+    seeds = [orjson.loads(r) for p in sorted(FIXTURES.glob("*example_rollouts.jsonl"))
+             for r in p.read_bytes().splitlines() if r.startswith(b"{") and b'"response"' in r]
+    n = 0
+    with open(path, "wb") as f:
+        for c in range(copies):
+            for i, rec in enumerate(seeds):
+                rec = dict(rec, _ng_task_index=c * 1000 + i // 2, reward=(c + i) % 5 / 4)
+                f.write(orjson.dumps(rec) + b"\n")
+                n += 1
+    return n
+
+
+def kill_midway(cmd: list[str], out: Path, cwd: Path) -> None:
+    """Starts the stage, waits until it is writing its temp output, then SIGKILLs it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.startswith(f".{out.name}.") for p in out.parent.glob(".*")):
+            time.sleep(0.3)
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the stage finished before it could be killed; make the input bigger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("stage, out", [("filter", "data/filtered"), ("convert", "data/sft"), ("pair", "data/pairs")])
+def test_kill_9_leaves_no_partial_output(tmp_path, tiny_model_dir, stage, out):
+    lines = big_rollouts(tmp_path / "rollouts.jsonl", copies=300)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"rollouts": "rollouts.jsonl"},
+                                                          "filter": {"min_reward": 0.5}}))
+    cli = [sys.executable, "-m", "gymtrl.cli"]
+    if stage != "filter":
+        subprocess.run(cli + ["filter"], cwd=tmp_path, check=True, capture_output=True)
+    cmd = cli + [stage] + ([] if stage == "filter" else ["--model", str(tiny_model_dir)])
+    kill_midway(cmd, tmp_path / out, tmp_path)
+    assert not (tmp_path / out).exists()  # nothing DVC could cache as if it were complete
+    assert not (tmp_path / "metrics" / f"{stage}.json").exists()
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    m = orjson.loads((tmp_path / "metrics" / f"{stage}.json").read_bytes())
+    if stage == "filter":
+        assert m["lines_read"] == lines and m["kept"] + m["dropped"] + m["invalid"] == lines
+    else:
+        assert (m["rows"] if stage == "convert" else m["pairs"]) > 0
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) in (
+        ["index.jsonl", "rejects.jsonl", "rollouts.jsonl"], ["rejects.jsonl", "train.parquet"])
