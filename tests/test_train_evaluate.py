@@ -116,3 +116,24 @@ def test_gym_backend_reads_what_the_command_writes(data_ready, tiny_model_dir):
     failing = tiny_params(eval={"backend": "gym", "gym_command": "exit 3"})
     with pytest.raises(StageError, match="exited with 3"):
         evaluate.run(failing, "models/base", "models/trained", "data/eval", "metrics", "plots")
+
+
+def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
+    import shutil
+    import subprocess
+
+    import yaml
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with the project"
+    raw = {"data": {"rollouts": "data/demo/rollouts.jsonl"},
+           "train": {"max_examples": 4, "sft": {**TINY_TRAIN, "save_steps": 10}}}
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gymtrl.cli", "train",
+                           "--model", str(tiny_model_dir), "--out", "models/accel", "--checkpoints", "ckpt_accel",
+                           "--live", "live_accel", "--metrics", "metrics/accel.json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_json("metrics/accel.json")["sft"]["examples"] == 4
+    assert (Path("models/accel") / "model.safetensors").exists()

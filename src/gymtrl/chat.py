@@ -44,7 +44,7 @@ def content_text(content: Any) -> str:
         if not isinstance(part, dict):
             raise ConversionError("bad_content", f"content part is {type(part).__name__}")
         kind = part.get("type")
-        if kind in TEXT_PARTS:
+        if isinstance(kind, str) and kind in TEXT_PARTS:
             text = part.get("text")
             if not isinstance(text, str):
                 raise ConversionError("bad_content", f"{kind} part has no text")
@@ -140,7 +140,10 @@ class _Builder:
         if kind == "message":
             self._message(item)
         elif kind == "reasoning":
-            text = "\n".join(content_text([p]) for p in (item.get("summary") or []))
+            summary = item.get("summary") or []
+            if not isinstance(summary, list):
+                raise ConversionError("bad_item", f"reasoning summary is {type(summary).__name__}")
+            text = "\n".join(content_text([p]) for p in summary)
             if not text and item.get("content"):
                 text = content_text(item["content"])
             if text:
@@ -190,7 +193,7 @@ class _Builder:
 
     def _call_output(self, item: dict) -> None:
         call_id = item.get("call_id")
-        if call_id not in self.calls:
+        if not isinstance(call_id, str) or call_id not in self.calls:
             raise ConversionError("orphan_tool_output", f"function_call_output for unknown call {call_id!r}")
         output = item.get("output")
         if isinstance(output, (list, type(None))) or isinstance(output, str):

@@ -196,6 +196,8 @@ def parse_line(line: Line, merge_system: bool = True) -> Rollout | Rejected:
         return Invalid(line, err.reason, err.detail)
     except RecursionError:
         return Invalid(line, "too_deep", "nesting too deep")
+    except Exception as err:  # a shape nobody anticipated: report the line, never stop the run
+        return Invalid(line, "unexpected_shape", f"{type(err).__name__}: {err}"[:200])
     agent = agent_name(record)
     return Rollout(line, record, reward, agent, task_key(record, agent, conv.prompt), conv)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -225,11 +226,15 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
         build_config(kind, params.train.sft if kind == "sft" else params.train.dpo, "unused", 0, device)
 
     ckpt_dir, live_dir = Path(ckpt_dir), Path(live_dir)
+    # Under `accelerate launch` every process runs this function; only the main one writes files.
+    main_process = int(os.environ.get("RANK", "0")) == 0
     fingerprint = run_fingerprint(params, [data[k] for k in phases], Path(model_dir))
     stamp = ckpt_dir / "fingerprint.json"
-    if ckpt_dir.exists() and (not stamp.exists() or read_json(stamp).get("fingerprint") != fingerprint):
+    stale = ckpt_dir.exists() and (not stamp.exists() or read_json(stamp).get("fingerprint") != fingerprint)
+    if main_process and stale:
         shutil.rmtree(ckpt_dir)  # checkpoints of another configuration must not be resumed
-    write_json(stamp, {"fingerprint": fingerprint})
+    if main_process:
+        write_json(stamp, {"fingerprint": fingerprint})
 
     torch.manual_seed(params.train.seed)
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
@@ -239,6 +244,8 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
         log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']})")
         model, m = _train_phase(kind, params, model, tokenizer, data[kind], ckpt_dir, live_dir, device)
         metrics[kind] = m
+    if not main_process:
+        return metrics
     base_info = read_json(Path(model_dir) / "base_info.json") if (Path(model_dir) / "base_info.json").exists() else {}
     with atomic_dir(out_dir) as out:
         model.to("cpu").to(torch.float32).save_pretrained(out, safe_serialization=True)
