@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import orjson
 
@@ -155,20 +157,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _record_time(command: str, seconds: float) -> None:
+    """Stage wall times go to an untracked log, so tracked metrics stay identical across reruns."""
+    if command in ("inspect", "compare"):
+        return
+    log = Path(".gymtrl") / "timings.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "ab") as f:
+        f.write(orjson.dumps({"stage": command, "seconds": round(seconds, 1), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}) + b"\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .stages.common import StageError
 
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("inspect", "compare"):
-            from pathlib import Path
-
             from .params import Params
 
             params = load_params(args.params) if Path(args.params).exists() else Params()
         else:
             params = load_params(args.params)
+        started = time.perf_counter()
         result = args.func(args, params)
+        _record_time(args.command, time.perf_counter() - started)
     except (ParamsError, StageError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"gymtrl {args.command}: {err}", file=sys.stderr)
         return 2
