@@ -195,7 +195,7 @@ def render_markdown(report: dict) -> str:
                               f"(baseline reward {ex['baseline_reward']}, run reward {ex['run_reward']})"]
                 for side in ("baseline_messages", "run_messages"):
                     said = [m for m in ex[side] if m["role"] in ("assistant", "tool")]
-                    text = " ⏎ ".join(f"{m['role']}: {(m.get('content') or '')[:120]}"
+                    text = " ⏎ ".join(f"{m['role']}: {' '.join((m.get('content') or '').split())[:120]}"
                                       + "".join(f" [{tc['function']['name']}({tc['function']['arguments']})]"
                                                 for tc in m.get("tool_calls", [])) for m in said)
                     lines.append(f"- {side.split('_')[0]}: {text}")
