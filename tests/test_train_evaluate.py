@@ -137,3 +137,33 @@ def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_json("metrics/accel.json")["sft"]["examples"] == 4
     assert (Path("models/accel") / "model.safetensors").exists()
+
+
+def test_kill_9_during_training_resumes_from_the_last_checkpoint(data_ready, tiny_model_dir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+
+    raw = {"data": {"rollouts": "data/demo/rollouts.jsonl"},
+           "train": {"max_examples": 8, "sft": {**TINY_TRAIN, "num_train_epochs": 10, "save_steps": 1,
+                                                "save_total_limit": 2}}}
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "gymtrl.cli", "train", "--model", str(tiny_model_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(Path("checkpoints/train/sft").glob("checkpoint-3")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(Path("checkpoints/train/sft").glob("checkpoint-*")), "no checkpoint before the kill"
+    assert not Path("models/trained").exists()  # no half-written model
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = read_json("metrics/train.json")["sft"]
+    # Killed once checkpoint-3 was being written: it may be incomplete, checkpoint-2 is not.
+    assert m["resumed_from"] and int(m["resumed_from"].rsplit("-", 1)[1]) >= 2
+    assert m["steps"] == 20  # the whole schedule, finished after the resume
+    assert (Path("models/trained") / "model.safetensors").exists()

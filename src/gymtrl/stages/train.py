@@ -193,9 +193,12 @@ def _train_phase(kind: str, params: Params, model, tokenizer, data: Path, ckpt_d
 
 
 def _last_checkpoint(d: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return Path(get_last_checkpoint(str(d))) if d.is_dir() and get_last_checkpoint(str(d)) else None
+    """The newest COMPLETE checkpoint. The Trainer writes trainer_state.json last, after the model,
+    optimizer and RNG state: a run killed while saving leaves a checkpoint folder without it."""
+    if not d.is_dir():
+        return None
+    done = [c for c in d.glob("checkpoint-*") if c.name.split("-")[-1].isdigit() and (c / "trainer_state.json").exists()]
+    return max(done, key=lambda c: int(c.name.split("-")[-1]), default=None)
 
 
 def model_card(params: Params, base_info: dict, fingerprint: str, metrics: dict) -> str:
