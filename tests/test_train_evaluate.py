@@ -53,7 +53,7 @@ def test_train_then_evaluate(data_ready, tiny_model_dir, method):
     result = evaluate.run(p, tiny_model_dir, "models/trained", "data/eval", "metrics", "plots")
     base, trained = read_json("metrics/baseline.json"), read_json("metrics/eval.json")
     assert base["n"] == trained["n"] == 6 == result["trained"]["n"]
-    lo, hi = trained["success_rate_ci95"]
+    lo, hi = trained["success_rate_ci95_low"], trained["success_rate_ci95_high"]
     assert 0 <= lo <= trained["success_rate"] <= hi <= 1
     assert trained["delta_avg_reward"] == round(trained["avg_reward"] - base["avg_reward"], 6)
     assert trained["reference"]["n"] == 32  # the training rollouts' own metrics, for comparison

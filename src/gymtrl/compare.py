@@ -71,8 +71,9 @@ def parse_exp_show(doc: list) -> list[Run]:
     return runs
 
 
-def list_runs(repo: str | Path = ".") -> list[Run]:
-    out = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+def list_runs(repo: str | Path = ".", all_commits: bool = False) -> list[Run]:
+    cmd = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
     return parse_exp_show(json.loads(out.stdout))
 
 
@@ -129,14 +130,19 @@ def changed_params(params: dict, reference: dict) -> dict:
     return {k: v for k, v in sorted(params.items()) if reference.get(k) != v}
 
 
-def build_report(runs: list[Run], reader, baseline_rev: str | None, threshold: float, examples: int = 0) -> dict:
-    """`reader(path, rev)` returns a file's text at a revision; pure apart from that."""
+def build_report(runs: list[Run], reader, baseline_rev: str | None, threshold: float, examples: int = 0,
+                 known: list[Run] | None = None) -> dict:
+    """`reader(path, rev)` returns a file's text at a revision; pure apart from that.
+
+    `known` are all runs DVC listed (the baseline's params are looked up there)."""
+    known = known or runs
     if baseline_rev:
-        base_label, base_text = baseline_rev, reader(TRAINED, baseline_rev)
-        reference = next((r.params for r in runs if r.rev == baseline_rev or r.label == baseline_rev), {})
+        base = next((r for r in known if baseline_rev in (r.rev, r.label)), None)
+        base_label, base_text = baseline_rev, reader(TRAINED, base.rev if base else baseline_rev)
+        reference = base.params if base else {}
     else:
         base_label, base_text = "base model", reader(BASELINE, "workspace")
-        reference = next((r.params for r in runs if r.rev == "workspace"), {})
+        reference = next((r.params for r in known if r.rev == "workspace"), {})
     base = rewards_by_task(base_text, base_label)
     base_summary = summarize([v["reward"] for v in base.values()], threshold)
     rows = []
@@ -168,10 +174,15 @@ def _ci(v) -> str:
     return f"[{v[0]:.3f}, {v[1]:.3f}]" if v else ""
 
 
+def _ci_of(d: dict, key: str) -> str:
+    low, high = d.get(f"{key}_ci95_low"), d.get(f"{key}_ci95_high")
+    return _ci([low, high]) if low is not None else ""
+
+
 def render_markdown(report: dict) -> str:
     b = report["baseline"]
     lines = [f"Baseline: **{b['label']}**: n={b.get('n')}, avg_reward {b.get('avg_reward', 0):.3f} "
-             f"{_ci(b.get('avg_reward_ci95'))}, success_rate {b.get('success_rate', 0):.3f} {_ci(b.get('success_rate_ci95'))}",
+             f"{_ci_of(b, 'avg_reward')}, success_rate {b.get('success_rate', 0):.3f} {_ci_of(b, 'success_rate')}",
              "",
              "| run | changed params | n | avg_reward (95% CI) | success_rate (95% CI) | Δ reward, paired (95% CI) "
              "| Δ success, paired (95% CI) | flips +/− | McNemar p | verdict |",
@@ -182,8 +193,8 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {r['run']} | {params} | | | | | | | | {r['status']}{': ' + r['error'][:60] if r.get('error') else ''} |")
             continue
         lines.append(
-            f"| {r['run']} | {params} | {r['n']} | {r['run_avg_reward']:.3f} {_ci(r['run_avg_reward_ci95'])} "
-            f"| {r['run_success_rate']:.3f} {_ci(r['run_success_rate_ci95'])} "
+            f"| {r['run']} | {params} | {r['n']} | {r['run_avg_reward']:.3f} {_ci_of(r, 'run_avg_reward')} "
+            f"| {r['run_success_rate']:.3f} {_ci_of(r, 'run_success_rate')} "
             f"| {r['delta_avg_reward']:+.3f} {_ci(r['delta_avg_reward_ci95'])} "
             f"| {r['delta_success_rate']:+.3f} {_ci(r['delta_success_rate_ci95'])} "
             f"| +{r['fail_to_success']} / −{r['success_to_fail']} | {r['mcnemar_p']:.3g} | **{r['verdict']}** |")
@@ -203,12 +214,14 @@ def render_markdown(report: dict) -> str:
 
 
 def run(names: list[str], baseline: str | None, threshold: float, examples: int, repo: str | Path = ".") -> dict:
-    runs = list_runs(repo)
+    # Named runs may be experiments of an earlier commit: then look through every commit's experiments.
+    known = runs = list_runs(repo, all_commits=bool(names))
     if names:
         wanted = set(names)
         runs = [r for r in runs if r.label in wanted or r.rev in wanted or r.rev[:7] in wanted]
+        runs = list({r.label: r for r in reversed(runs)}.values())[::-1]  # a name once (newest commit first)
         missing = wanted - {r.label for r in runs} - {r.rev for r in runs} - {r.rev[:7] for r in runs}
         runs += [Run(n, n, "success") for n in sorted(missing)]  # plain git revisions
     else:
         runs = [r for r in runs if r.kind in ("workspace", "experiment")]
-    return build_report(runs, lambda path, rev: read_text(path, rev, repo), baseline, threshold, examples)
+    return build_report(runs, lambda path, rev: read_text(path, rev, repo), baseline, threshold, examples, known)

@@ -52,8 +52,10 @@ def summarize(rewards: list[float], threshold: float) -> dict:
     wins = sum(r >= threshold for r in rewards)
     slo, shi = wilson_ci(wins, len(rewards))
     r6 = lambda x: round(x, 6)  # noqa: E731
-    return {"n": len(rewards), "avg_reward": r6(mean), "avg_reward_ci95": [r6(lo), r6(hi)],
-            "success_rate": r6(wins / len(rewards)), "success_rate_ci95": [r6(slo), r6(shi)]}
+    # Interval ends are separate scalars: DVC drops list values from `dvc metrics/exp show`.
+    return {"n": len(rewards), "avg_reward": r6(mean), "avg_reward_ci95_low": r6(lo), "avg_reward_ci95_high": r6(hi),
+            "success_rate": r6(wins / len(rewards)), "success_rate_ci95_low": r6(slo),
+            "success_rate_ci95_high": r6(shi)}
 
 
 def score_file(path: Path, threshold: float) -> tuple[dict, dict[str, list[float]]]:
@@ -143,8 +145,7 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
     trained["delta_success_rate"] = round(trained["success_rate"] - base.get("success_rate", 0.0), 6)
     if p.reference_rollouts and Path(p.reference_rollouts).exists():
         ref, _ = score_file(Path(p.reference_rollouts), p.success_threshold)
-        trained["reference"] = {k: ref[k] for k in ("n", "avg_reward", "avg_reward_ci95", "success_rate",
-                                                    "success_rate_ci95") if k in ref}
+        trained["reference"] = {k: v for k, v in ref.items() if k not in ("by_family", "invalid_lines")}
     write_json(Path(metrics_dir) / "baseline.json", base)
     write_json(Path(metrics_dir) / "eval.json", trained)
     rows = [{"model": name, "family": fam, "model_family": f"{fam} ({name})", "success_rate": s["success_rate"],
