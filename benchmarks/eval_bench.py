@@ -10,7 +10,6 @@ benchmarks/results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 
 def main() -> None:
@@ -70,14 +69,11 @@ def main() -> None:
         results.append({"job": name, "seconds": round(seconds, 2), "new_tokens": total,
                         "new_tokens_per_s": round(total / seconds, 1)})
         print(f"{name:<32} {seconds:7.2f}s  {total / seconds:7.1f} new tokens/s", flush=True)
-    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                         f"{torch.get_num_threads()} threads",
-              "command": f"python benchmarks/eval_bench.py --tasks {args.tasks} --new-tokens {args.new_tokens}",
-              "date": time.strftime("%Y-%m-%d"), "results": results}
-    path = ROOT / "benchmarks" / "results.json"
-    history = json.loads(path.read_text()) if path.exists() else []
-    history.append(record)
-    path.write_text(json.dumps(history, indent=2) + "\n")
+    from run import append_results
+
+    append_results(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+                   f"python benchmarks/eval_bench.py --tasks {args.tasks} --new-tokens {args.new_tokens}", results)
 
 
 if __name__ == "__main__":

@@ -203,11 +203,14 @@ def main() -> None:
             results.append(m)
             print(f"{mb:>5} MB  {job:<14} {m['seconds']:>8.2f}s  {m['mb_per_s']:>7.1f} MB/s  "
                   f"{m['rollouts_per_s']:>8} rollouts/s  peak RSS {m['peak_rss_mb']:>7.1f} MB", flush=True)
-    record = {"machine": machine, "command": "python benchmarks/run.py --sizes " + " ".join(map(str, args.sizes)),
-              "date": time.strftime("%Y-%m-%d"), "results": results}
+    append_results(machine, "python benchmarks/run.py --sizes " + " ".join(map(str, args.sizes)), results)
+
+
+def append_results(machine: str, command: str, results: list[dict]) -> None:
+    """Adds one benchmark run (machine, command, date, numbers) to benchmarks/results.json."""
     path = ROOT / "benchmarks" / "results.json"
     history = json.loads(path.read_text()) if path.exists() else []
-    history.append(record)
+    history.append({"machine": machine, "command": command, "date": time.strftime("%Y-%m-%d"), "results": results})
     path.write_text(json.dumps(history, indent=2) + "\n")
 
 
