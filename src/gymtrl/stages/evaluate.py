@@ -76,15 +76,12 @@ def score_file(path: Path, threshold: float) -> tuple[dict, dict[str, list[float
     return m, by_family
 
 
-def reward_histogram(out: Path) -> list[dict]:
+def reward_histogram(rewards: dict[str, list[float]]) -> list[dict]:
     """Rows {reward, baseline, trained}: how many held-out episodes of each model got each reward."""
     counts: dict[float, dict] = {}
-    for name in ("baseline", "trained"):
-        for line in iter_lines(out / f"{name}_rollouts.jsonl"):
-            item = parse_line(line)
-            if isinstance(item, Rollout):
-                row = counts.setdefault(round(item.reward, 2), {"baseline": 0, "trained": 0})
-                row[name] += 1
+    for name, values in rewards.items():
+        for r in values:
+            counts.setdefault(round(r, 2), dict.fromkeys(rewards, 0))[name] += 1
     return [{"reward": r, **c} for r, c in sorted(counts.items())]
 
 
@@ -127,7 +124,7 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
     tasks = list(read_jsonl(tasks_path))
     if not tasks:
         raise StageError(f"eval.tasks={p.tasks!r} has no task")
-    results = {}
+    results, rewards = {}, {}
     with atomic_dir(out_dir) as out:
         for name, model_dir in (("baseline", base_dir), ("trained", trained_dir)):
             path = out / f"{name}_rollouts.jsonl"
@@ -135,12 +132,11 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
                 write_jsonl(path, builtin_rollouts(model_dir, tasks, p, params, name))
             else:
                 gym_rollouts(p.gym_command, model_dir, str(tasks_path), path)
-            results[name], _ = score_file(path, p.success_threshold)
-        histogram = reward_histogram(out)
-    out = Path(out_dir)
+            results[name], by_family = score_file(path, p.success_threshold)
+            rewards[name] = [r for values in by_family.values() for r in values]
     base, trained = results["baseline"], results["trained"]
     if not trained.get("n"):
-        raise StageError(f"evaluate: no scorable rollout in {out / 'trained_rollouts.jsonl'}")
+        raise StageError(f"evaluate: no scorable rollout in {Path(out_dir) / 'trained_rollouts.jsonl'}")
     trained["delta_avg_reward"] = round(trained["avg_reward"] - base.get("avg_reward", 0.0), 6)
     trained["delta_success_rate"] = round(trained["success_rate"] - base.get("success_rate", 0.0), 6)
     if p.reference_rollouts and Path(p.reference_rollouts).exists():
@@ -152,6 +148,6 @@ def run(params: Params, base_dir="models/base", trained_dir="models/trained", ou
              "avg_reward": s["avg_reward"]}
             for name, m in results.items() for fam, s in m["by_family"].items()]
     write_json(Path(plots_dir) / "eval_by_family.json", rows)
-    write_json(Path(plots_dir) / "eval_rewards.json", histogram)
+    write_json(Path(plots_dir) / "eval_rewards.json", reward_histogram(rewards))
     return {"baseline": {k: base.get(k) for k in ("n", "avg_reward", "success_rate")},
             "trained": {k: trained.get(k) for k in ("n", "avg_reward", "success_rate", "delta_success_rate")}}
