@@ -117,7 +117,7 @@ def _params(src: str):
 def ours_filter(src: str, out: str) -> None:
     from gymtrl.stages import filter as stage
 
-    stage.run(_params(src), out_dir=out + ".filtered", metrics_path=out + ".filter.json")
+    stage.run(_params(src), out_dir=out + ".filtered", metrics_path=out + ".filter.json", catalog_dir=out + ".catalog")
 
 
 def ours_convert(src: str, out: str) -> None:
@@ -130,7 +130,8 @@ def ours_convert(src: str, out: str) -> None:
 def ours_pair(src: str, out: str) -> None:
     from gymtrl.stages import pair as stage
 
-    stage.run(_params(src), model_dir=str(WORK / "tokenizer"), out_dir=out + ".pairs", metrics_path=out + ".pair.json")
+    stage.run(_params(src), model_dir=str(WORK / "tokenizer"), out_dir=out + ".pairs", metrics_path=out + ".pair.json",
+              catalog_dir=out + ".catalog")
 
 
 JOBS = {f.__name__: f for f in (raw_read, orjson_parse, seed_filter, seed_convert, seed_pair,
@@ -146,14 +147,21 @@ def peak_rss_mb() -> float:
 
 
 def run_job(job: str, src: str, out: str) -> None:
-    """Child side: imports first, then times only the job itself."""
+    """Child side: imports gymtrl first, then times the job (including the stage's own lazy imports of
+    transformers and datasets, which every real run pays)."""
+    import resource
+
     if job.startswith("ours_"):
-        import gymtrl.stages.convert  # noqa: F401  (imports are not what we measure)
+        import gymtrl.stages.convert  # noqa: F401
         import gymtrl.stages.filter  # noqa: F401
         import gymtrl.stages.pair  # noqa: F401
     started = time.perf_counter()
     JOBS[job](src, out)
-    print(json.dumps({"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": peak_rss_mb()}))
+    seconds = round(time.perf_counter() - started, 3)
+    # The stages' worker processes (data.workers=auto): the largest one's peak RSS. Forked workers share
+    # the parent's pages copy-on-write, so adding the numbers up overstates the total.
+    worker_mb = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": worker_mb}))
 
 
 def measure(job: str, src: Path, out: Path) -> dict:
@@ -202,8 +210,25 @@ def main() -> None:
                      mb_per_s=round(size_mb / m["seconds"], 1), rollouts_per_s=round(lines / m["seconds"]))
             results.append(m)
             print(f"{mb:>5} MB  {job:<14} {m['seconds']:>8.2f}s  {m['mb_per_s']:>7.1f} MB/s  "
-                  f"{m['rollouts_per_s']:>8} rollouts/s  peak RSS {m['peak_rss_mb']:>7.1f} MB", flush=True)
+                  f"{m['rollouts_per_s']:>8} rollouts/s  peak RSS {m['peak_rss_mb']:>7.1f} MB "
+                  f"(workers {m['worker_peak_rss_mb']:.0f} MB)", flush=True)
+        results.extend(chain_rows(results, mb, size_mb, lines))
     append_results(machine, "python benchmarks/run.py --sizes " + " ".join(map(str, args.sizes)), results)
+
+
+def chain_rows(results: list[dict], mb: int, size_mb: float, lines: int) -> list[dict]:
+    """filter + convert + pair as one chain (the sum of their times), for ours and the seed's."""
+    rows = []
+    for who in ("seed", "ours"):
+        parts = [r for r in results if r["input_mb"] == round(size_mb, 1) and r["job"] in
+                 (f"{who}_filter", f"{who}_convert", f"{who}_pair")]
+        seconds = round(sum(r["seconds"] for r in parts), 3)
+        rows.append({"job": f"{who}_chain", "input_mb": round(size_mb, 1), "lines": lines, "seconds": seconds,
+                     "mb_per_s": round(size_mb / seconds, 1), "rollouts_per_s": round(lines / seconds),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in parts),
+                     "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in parts)})
+        print(f"{mb:>5} MB  {who + '_chain':<14} {seconds:>8.2f}s  {rows[-1]['mb_per_s']:>7.1f} MB/s", flush=True)
+    return rows
 
 
 def append_results(machine: str, command: str, results: list[dict]) -> None:

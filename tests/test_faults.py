@@ -62,5 +62,6 @@ def test_kill_9_leaves_no_partial_output(tmp_path, tiny_model_dir, stage, out):
         assert m["lines_read"] == lines and m["kept"] + m["dropped"] + m["invalid"] == lines
     else:
         assert (m["rows"] if stage == "convert" else m["pairs"]) > 0
-    assert sorted(p.name for p in (tmp_path / out).iterdir()) in (
-        ["index.jsonl", "rejects.jsonl", "rollouts.jsonl"], ["rejects.jsonl", "train.parquet"])
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == {
+        "filter": ["index.jsonl", "rejects.jsonl", "rollouts.jsonl"], "convert": ["rejects.jsonl", "train.parquet"],
+        "pair": ["train.parquet"]}[stage]

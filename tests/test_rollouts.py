@@ -154,3 +154,16 @@ def test_old_and_new_gym_versions_still_read():
     rec["some_future_field"] = {"nested": [1, "x"]}
     rec["response"]["some_future_field"] = 3
     assert isinstance(parse_line(_line(rec)), Rollout)
+
+
+def test_byte_ranges_split_lines_exactly_like_iter_lines(tmp_path):
+    """Workers read byte ranges themselves; together they must see the lines, offsets and bytes that
+    `iter_lines` sees: CRLF, blank lines and a last line without a newline included."""
+    from gymtrl.rollouts import iter_lines, line_ranges, read_range
+
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"a": 1}\r\n\n{"b": 22}\n\r\n{"c": "x\\ny"}\n{"d": 4}')
+    expected = [(line.offset, line.raw) for line in iter_lines(path)]
+    for chunk in range(1, 40):
+        got = [pair for start, end in line_ranges(path, chunk) for pair in read_range(str(path), start, end)]
+        assert got == expected, chunk

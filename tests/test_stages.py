@@ -173,3 +173,38 @@ def test_cli_reports_bad_params_without_a_traceback(workdir):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "filter.min_reward = 'high'" in out.stderr and "pair.min_diff = -1" in out.stderr
     assert "params.yaml" in out.stderr
+
+
+def test_outputs_do_not_depend_on_the_worker_count(workdir, tiny_model_dir):
+    """data.workers spreads lines over processes; every output must stay byte-identical."""
+    runs = []
+    for workers in (1, 2, 3):
+        p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5},
+                   pair={"strategy": "all_pairs"})
+        filter_stage.run(p, f"f{workers}", f"m{workers}/filter.json", catalog_dir=f"c{workers}")
+        convert.run(p, f"f{workers}", tiny_model_dir, f"sft{workers}", f"m{workers}/convert.json")
+        pair.run(p, tiny_model_dir, f"pairs{workers}", f"m{workers}/pair.json", catalog_dir=f"c{workers}")
+        runs.append(digest(*(f"{d}{workers}/{name}" for d, name in (
+            ("f", "rollouts.jsonl"), ("f", "index.jsonl"), ("f", "rejects.jsonl"), ("c", "rollouts.jsonl"),
+            ("sft", "train.parquet"), ("sft", "rejects.jsonl"), ("pairs", "train.parquet"), ("m", "filter.json"),
+            ("m", "convert.json"), ("m", "pair.json")))))
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_pair_reads_the_catalog_only_when_it_describes_the_input(workdir, tiny_model_dir, capsys):
+    from gymtrl.stages import demo
+
+    demo.run(parse_params({}), "demo", "demo.json")
+    p = parse_params({"data": {"rollouts": "demo/rollouts.jsonl"}, "filter": {"min_reward": 0.5}})
+    filter_stage.run(p, "f", "m/filter.json", catalog_dir="cat")
+    from_catalog = pair.run(p, tiny_model_dir, "pairs_cat", "m/pair_cat.json", catalog_dir="cat")
+    assert "grouping the catalog" in capsys.readouterr().err
+    scanned = pair.run(p, tiny_model_dir, "pairs_scan", "m/pair_scan.json", catalog_dir=None)
+    assert from_catalog == scanned and from_catalog["pairs"] > 0
+    assert digest("pairs_cat/train.parquet") == digest("pairs_scan/train.parquet")
+    # Same file name, other content: the stale catalog is not used, and the pairs are still right.
+    lines = Path("demo/rollouts.jsonl").read_bytes().splitlines(keepends=True)
+    Path("demo/rollouts.jsonl").write_bytes(b"".join(lines[: len(lines) // 2]))
+    half = pair.run(p, tiny_model_dir, "pairs_half", "m/pair_half.json", catalog_dir="cat")
+    assert "made from other rollouts" in capsys.readouterr().err
+    assert half["lines_read"] == len(lines) // 2 and half["pairs"] < scanned["pairs"]

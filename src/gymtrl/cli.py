@@ -32,7 +32,8 @@ def _demo(args, params):
 def _filter(args, params):
     from .stages import filter as stage
 
-    return stage.run(params, out_dir=args.out, metrics_path=args.metrics, plots_path=args.plots)
+    return stage.run(params, out_dir=args.out, metrics_path=args.metrics, plots_path=args.plots,
+                     catalog_dir=args.catalog)
 
 
 def _convert(args, params):
@@ -45,7 +46,8 @@ def _convert(args, params):
 def _pair(args, params):
     from .stages import pair as stage
 
-    return stage.run(params, model_dir=args.model, out_dir=args.out, metrics_path=args.metrics)
+    return stage.run(params, model_dir=args.model, out_dir=args.out, metrics_path=args.metrics,
+                     catalog_dir=args.catalog)
 
 
 def _train(args, params):
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/filtered")
     p.add_argument("--metrics", default="metrics/filter.json")
     p.add_argument("--plots", default="plots/filter_rewards.json")
+    p.add_argument("--catalog", default="data/catalog", help="where to write every valid rollout's key/reward/offset")
     p.set_defaults(func=_filter)
 
     p = sub.add_parser("convert", help="filtered rollouts -> TRL conversational SFT dataset")
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/base")
     p.add_argument("--out", default="data/pairs")
     p.add_argument("--metrics", default="metrics/pair.json")
+    p.add_argument("--catalog", default="data/catalog",
+                   help="filter's catalog of the same rollouts (read instead of the rollouts; ignored if stale)")
     p.set_defaults(func=_pair)
 
     p = sub.add_parser("train", help="SFT / DPO with TRL")

@@ -136,6 +136,10 @@ class ParquetWriter:
         self.rows = 0
 
     def write(self, row: dict) -> None:
+        self.write_encoded(encode_row(row, self.features))
+
+    def write_encoded(self, row: dict) -> None:
+        """Adds a row already passed through `encode_row` (e.g. by a worker process)."""
         self._buffer.append(row)
         if len(self._buffer) >= self.batch_size:
             self._flush()
@@ -143,10 +147,9 @@ class ParquetWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        # Json columns are encoded here with orjson (exact floats), not by datasets' ujson encoder.
-        encoded = {name: [_encode(r[name], self.features[name]) for r in self._buffer] for name in self.features}
+        columns = {name: [r[name] for r in self._buffer] for name in self.features}
         table = self._pa.Table.from_pydict(
-            {k: self._pa.array(v, type=_storage_type(self.schema.field(k).type, self._pa)) for k, v in encoded.items()}
+            {k: self._pa.array(v, type=_storage_type(self.schema.field(k).type, self._pa)) for k, v in columns.items()}
         ).cast(self.schema)
         self._writer.write_table(table)
         self.rows += len(self._buffer)
@@ -160,6 +163,12 @@ class ParquetWriter:
             self._flush()
         self._writer.close()
         self._atomic.__exit__(exc_type, exc, tb)
+
+
+def encode_row(row: dict, features) -> dict:
+    """A row with its `Json` columns as JSON text, encoded with orjson (exact floats), not by datasets'
+    ujson encoder; pure, so worker processes can do it."""
+    return {name: _encode(row[name], feature) for name, feature in features.items()}
 
 
 def _encode(value, feature):

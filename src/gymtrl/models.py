@@ -115,6 +115,22 @@ def load_tokenizer(model_dir: str | os.PathLike, trust_remote_code: bool = False
     return tokenizer
 
 
+def load_chat_tokenizer(model_dir: str | os.PathLike, trust_remote_code: bool = False):
+    """A tokenizer for rendering chat templates in the data stages.
+
+    Loaded as a plain fast tokenizer when the directory has a tokenizer.json: that renders the same
+    template with the same special tokens, but does not import torch (AutoTokenizer does: 1.2 s and
+    200 MB per stage, more than converting 100 MB of rollouts costs).
+    """
+    if trust_remote_code or not (Path(model_dir) / "tokenizer.json").exists():
+        return load_tokenizer(model_dir, trust_remote_code)
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    _fix_pad(tokenizer)
+    return tokenizer
+
+
 def load_model(model_dir: str | os.PathLike, trust_remote_code: bool = False, dtype=None, device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM

@@ -24,6 +24,15 @@ class _Section(BaseModel):
 class DataParams(_Section):
     # A file, a folder (every *.jsonl / *.jsonl.gz below it) or a glob; several may be listed.
     rollouts: list[str] | str = "data/demo/rollouts.jsonl"
+    # Processes that parse and convert lines in filter / convert / pair: a number, or "auto" (one per
+    # CPU, at most 8; 1 for inputs under 8 MB). Outputs are identical whatever the value.
+    workers: Literal["auto"] | int = Field(default="auto")
+
+    @model_validator(mode="after")
+    def _positive_workers(self):
+        if self.workers != "auto" and self.workers < 1:
+            raise ValueError("workers must be >= 1 or 'auto'")
+        return self
 
 
 class ModelParams(_Section):

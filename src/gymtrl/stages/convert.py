@@ -8,12 +8,14 @@ cannot render is reported here instead of failing inside training.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import ChatFormat, Conversation, format_messages
-from ..io import ParquetWriter, atomic_dir, read_jsonl, write_json
+from ..io import ParquetWriter, atomic_dir, encode_row, read_jsonl, write_json
+from ..parallel import ordered_map, resolve_workers
 from ..params import Params
-from ..rollouts import Line, Rejected, iter_lines, parse_line
+from ..rollouts import Line, Rejected, job_lines, parse_line, scan_jobs
 from .common import RejectLog, StageError, log
 
 
@@ -54,45 +56,85 @@ def renders(tokenizer, messages: list[dict], tools: list[dict]) -> str | None:
         return f"{type(err).__name__}: {err}"[:200]
 
 
+@dataclass(frozen=True)
+class RowContext:
+    """What a worker needs to turn kept lines into encoded rows."""
+
+    tokenizer: object
+    fmt: ChatFormat
+    merge_system: bool
+    features: object  # datasets.Features
+
+
+def convert_line(ctx: RowContext, origin: Line) -> tuple:
+    """One kept line -> ("row", encoded row, stats) or ("rejected", bucket, reason, detail)."""
+    parsed = parse_line(origin, ctx.merge_system)
+    if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
+        return ("rejected", parsed.bucket, parsed.reason, parsed.detail)
+    row = sft_row(parsed.conversation, ctx.fmt, parsed.task_key, parsed.reward, origin)
+    error = renders(ctx.tokenizer, row["messages"], row["tools"])
+    if error:
+        return ("rejected", "invalid", "template_error", error)
+    conv = parsed.conversation
+    stats = (
+        [m["role"] for m in row["messages"]],
+        sum(len(m.get("tool_calls", [])) for m in row["messages"]),
+        any(m.get("reasoning_content") for m in conv.messages),
+        conv.unanswered_calls,
+        conv.skipped_tools,
+    )
+    return ("row", encode_row(row, ctx.features), stats)
+
+
+def _convert_job(ctx: RowContext, job: tuple) -> list[tuple]:
+    return [convert_line(ctx, Line("", 0, offset, raw)) for offset, raw in job_lines(job)]
+
+
 def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", out_dir="data/sft",
         metrics_path="metrics/convert.json") -> dict:
-    from ..models import load_tokenizer
+    from ..models import load_chat_tokenizer
     from ..templates import probe_format
 
-    tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
+    tokenizer = load_chat_tokenizer(model_dir, params.model.trust_remote_code)
     fmt = probe_format(tokenizer, params.convert.arguments, params.convert.reasoning)
     log(f"chat format for {model_dir}: arguments as {fmt.arguments}, reasoning as {fmt.reasoning}")
     filtered = Path(filtered_dir)
     roles: Counter = Counter()
     stats: Counter = Counter()
+    ctx = RowContext(tokenizer, fmt, params.convert.merge_system, sft_features())
+    workers = resolve_workers(params.data.workers, (filtered / "rollouts.jsonl").stat().st_size)
     with (
         atomic_dir(out_dir) as out,
-        ParquetWriter(out / "train.parquet", sft_features()) as writer,
+        ParquetWriter(out / "train.parquet", ctx.features) as writer,
         open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
         rejects = RejectLog(rejects_f)
+        # Workers read the kept lines themselves; provenance (the user's original file and line, not the
+        # filter's copy) comes from the index, which lists the kept lines in the same order.
         index = read_jsonl(filtered / "index.jsonl")
-        for kept, entry in zip(iter_lines(filtered / "rollouts.jsonl"), index, strict=True):
-            # Provenance points at the user's original file, not at the filter's copy.
-            origin = Line(entry["source"], entry["line"], kept.offset, kept.raw)
-            parsed = parse_line(origin, params.convert.merge_system)
-            if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
-                rejects.add(parsed)
-                stats["invalid"] += 1
-                continue
-            row = sft_row(parsed.conversation, fmt, parsed.task_key, parsed.reward, origin)
-            error = renders(tokenizer, row["messages"], row["tools"])
-            if error:
-                rejects.add(Rejected(origin, "invalid", "template_error", error))
-                stats["template_error"] += 1
-                continue
-            writer.write(row)
-            stats["rows"] += 1
-            roles.update(m["role"] for m in row["messages"])
-            stats["tool_calls"] += sum(len(m.get("tool_calls", [])) for m in row["messages"])
-            stats["with_reasoning"] += any(m.get("reasoning_content") for m in parsed.conversation.messages)
-            stats["unanswered_tool_calls"] += parsed.conversation.unanswered_calls
-            stats["skipped_tools"] += parsed.conversation.skipped_tools
+        mismatch = StageError(f"convert: {filtered}/index.jsonl does not match rollouts.jsonl line for line; "
+                              "rerun filter")
+        for _, results in ordered_map(_convert_job, ctx, scan_jobs([filtered / "rollouts.jsonl"]), workers):
+            for result in results:
+                entry = next(index, None)
+                if entry is None:
+                    raise mismatch
+                origin = Line(entry["source"], entry["line"], 0, b"")
+                if result[0] == "rejected":
+                    rejects.add(Rejected(origin, *result[1:]))
+                    stats["invalid" if result[2] != "template_error" else "template_error"] += 1
+                    continue
+                _, row, (row_roles, tool_calls, with_reasoning, unanswered, skipped) = result
+                row["source"], row["line"] = origin.source, origin.lineno
+                writer.write_encoded(row)
+                stats["rows"] += 1
+                roles.update(row_roles)
+                stats["tool_calls"] += tool_calls
+                stats["with_reasoning"] += with_reasoning
+                stats["unanswered_tool_calls"] += unanswered
+                stats["skipped_tools"] += skipped
+        if next(index, None) is not None:
+            raise mismatch
         if stats["rows"] == 0:
             raise StageError(f"convert: no row written from {filtered}/rollouts.jsonl; see {out_dir}/rejects.jsonl")
     m = {

@@ -4,21 +4,27 @@ Outputs (DVC outs): `<out>/rollouts.jsonl` (each kept line byte for byte as it w
 `<out>/index.jsonl` (source, line, task key, reward and turns of each kept line, same order) and
 `<out>/rejects.jsonl` (every line not kept: file, line number, bucket, reason). Counts go to
 `metrics/filter.json` and add up to the number of lines read.
+
+Filter reads and validates every line anyway, so it also writes the catalog (`data/catalog`, see
+common.py): every valid rollout's task key, reward and byte offset, whatever the filter's verdict. The
+pair stage groups that instead of parsing the whole input a second time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..io import atomic_dir, dumps, write_json
 from ..params import FilterParams, Params
-from ..rollouts import Rejected, Rollout, resolve_sources, scan
-from .common import RejectLog, StageError, describe
+from ..parallel import resolve_workers
+from ..rollouts import Rejected, Summary, resolve_sources, summaries, total_bytes
+from .common import CatalogWriter, RejectLog, StageError, describe
 
 
-def decide(item: Rollout | Rejected, p: FilterParams) -> Rollout | Rejected:
+def decide(item: Summary | Rejected, p: FilterParams) -> Summary | Rejected:
     """The filter's verdict on one parsed line."""
     if isinstance(item, Rejected):
         return item
@@ -29,6 +35,10 @@ def decide(item: Rollout | Rejected, p: FilterParams) -> Rollout | Rejected:
     if p.max_turns is not None and item.turns > p.max_turns:
         return Rejected(item.line, "dropped", "too_many_turns", f"{item.turns} > {p.max_turns}")
     return item
+
+
+def is_kept(p: FilterParams, item: Summary) -> bool:
+    return not isinstance(decide(item, p), Rejected)
 
 
 @dataclass
@@ -59,7 +69,7 @@ class Tally:
     # Reward distribution before/after filtering, rounded to 2 decimals so memory stays bounded.
     histogram: dict[float, list[int]] = field(default_factory=dict)
 
-    def add(self, item: Rollout | Rejected, reward: float | None) -> None:
+    def add(self, item: Summary | Rejected, reward: float | None) -> None:
         self.lines_read += 1
         if reward is not None:
             self.rewards_read.add(reward)
@@ -106,7 +116,7 @@ def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
 
 
 def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str | Path = "metrics/filter.json",
-        plots_path: str | Path | None = None) -> dict:
+        plots_path: str | Path | None = None, catalog_dir: str | Path | None = "data/catalog") -> dict:
     sources = resolve_sources(params.rollout_specs)
     describe(sources)
     if not sources.files:
@@ -117,11 +127,15 @@ def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str
         open(out / "rollouts.jsonl", "wb") as kept_f,
         open(out / "index.jsonl", "wb") as index_f,
         open(out / "rejects.jsonl", "wb") as rejects_f,
+        CatalogWriter(catalog_dir, sources.files, params.convert.merge_system) as catalog,
     ):
         rejects = RejectLog(rejects_f)
-        for parsed in scan(sources.files, merge_system=params.convert.merge_system):
+        workers = resolve_workers(params.data.workers, total_bytes(sources.files))
+        for parsed in summaries(sources.files, params.convert.merge_system, workers,
+                                want_raw=partial(is_kept, params.filter)):
             item = decide(parsed, params.filter)
-            tally.add(item, parsed.reward if isinstance(parsed, Rollout) else None)
+            tally.add(item, parsed.reward if isinstance(parsed, Summary) else None)
+            catalog.add(parsed)
             if isinstance(item, Rejected):
                 rejects.add(item)
                 continue

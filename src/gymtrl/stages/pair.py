@@ -1,22 +1,26 @@
 """pair: DPO preference pairs from ALL rollouts (not only the filtered ones).
 
 Rollouts are grouped by task key and sorted by reward; `strategy` picks pairs whose reward gap is
->= min_diff. Memory stays flat on large inputs: the first pass keeps only (task key, reward, file,
-offset) per rollout; the second pass reads back just the lines a pair uses.
+>= min_diff. Memory stays flat on large inputs: only (task key, reward, file, offset) is kept per
+rollout, from filter's catalog (or, without one, from a pass over the input); then just the lines a
+pair uses are read back. Invalid and duplicate lines are counted here and listed by filter.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from ..chat import format_messages
-from ..io import ParquetWriter, atomic_dir, write_json
+from ..io import ParquetWriter, atomic_dir, encode_row, write_json
+from ..parallel import batched, ordered_map, resolve_workers
 from ..params import Params
-from ..rollouts import Line, Rejected, Rollout, open_binary, parse_line, read_line_at, resolve_sources, scan
-from .common import RejectLog, StageError, describe, log
+from ..rollouts import (Line, Rollout, Summary, open_binary, parse_line, read_line_at, resolve_sources, summaries,
+                        total_bytes)
+from .common import CatalogWriter, StageError, describe, log, read_catalog
 
 
 class Entry(NamedTuple):
@@ -34,17 +38,51 @@ class PairPlan:
     stats: dict
 
 
+class _Columns:
+    """Entries stored column-wise (about 40 bytes per rollout instead of ~250 as objects), so that
+    grouping a GB-sized input stays within a few MB."""
+
+    def __init__(self, entries: Iterable[Entry]):
+        self.keys: dict[str, int] = {}
+        self.group = array("l")
+        self.reward, self.file, self.offset = array("d"), array("l"), array("q")
+        self.lineno, self.order = array("q"), array("q")
+        for e in entries:
+            self.group.append(self.keys.setdefault(e.task_key, len(self.keys)))
+            self.reward.append(e.reward)
+            self.file.append(e.file)
+            self.offset.append(e.offset)
+            self.lineno.append(e.lineno)
+            self.order.append(e.order)
+
+    def groups(self) -> Iterator[list[Entry]]:
+        """Each task's entries, tasks in key order, entries in input order."""
+        names = list(self.keys)
+        rank = array("l", [0] * len(names))
+        for r, g in enumerate(sorted(range(len(names)), key=names.__getitem__)):
+            rank[g] = r
+        # One int per key (not a tuple): the sort's keys are the largest transient allocation here.
+        members = sorted(range(len(self.group)), key=lambda i: rank[self.group[i]] << 48 | self.order[i])
+        start = 0
+        while start < len(members):
+            g = self.group[members[start]]
+            end = start
+            while end < len(members) and self.group[members[end]] == g:
+                end += 1
+            yield [Entry(names[g], self.reward[i], self.file[i], self.offset[i], self.lineno[i], self.order[i])
+                   for i in members[start:end]]
+            start = end
+
+
 def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> PairPlan:
     """Pure pairing logic: groups, sorts, and picks (chosen, rejected) per strategy."""
-    groups: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        groups[e.task_key].append(e)
+    columns = _Columns(entries)
     pairs: list[tuple[Entry, Entry]] = []
-    stats = Counter(groups=len(groups))
+    stats = Counter(groups=len(columns.keys))
     # A tiny tolerance so that 0.9 - 0.8 counts as a 0.1 gap despite binary floating point.
     eps = 1e-9
-    for key in sorted(groups):
-        group = sorted(groups[key], key=lambda e: (-e.reward, e.order))
+    for members in columns.groups():
+        group = sorted(members, key=lambda e: (-e.reward, e.order))
         if len(group) == 1:
             stats["groups_single_rollout"] += 1
             continue
@@ -105,24 +143,23 @@ def pair_row(chosen: Rollout, rejected: Rollout, fmt) -> dict | str:
     }
 
 
-def index_rollouts(files: list[Path], merge_system: bool, rejects: RejectLog) -> tuple[list[Entry], Counter]:
-    entries: list[Entry] = []
-    counts: Counter = Counter()
+def scan_rollouts(files: list[Path], merge_system: bool, workers: int, counts: CatalogWriter) -> Iterator[tuple]:
+    """Catalog rows of every valid rollout, by reading the input (when there is no catalog from filter)."""
+    for item in summaries(files, merge_system, workers):
+        counts.add(item)
+        if isinstance(item, Summary):
+            yield item.line.source, item.line.lineno, item.line.offset, item.task_key, item.reward
+
+
+def entries_from(rows: Iterable, files: list[Path]) -> Iterator[Entry]:
     file_no = {str(p): i for i, p in enumerate(files)}
-    for item in scan(files, merge_system):
-        counts["lines_read"] += 1
-        if isinstance(item, Rejected):
-            counts[item.bucket] += 1
-            rejects.add(item)
-            continue
-        counts["rollouts"] += 1
-        entries.append(Entry(item.task_key, item.reward, file_no[item.line.source], item.line.offset,
-                             item.line.lineno, len(entries)))
-    return entries, counts
+    for order, row in enumerate(rows):
+        yield Entry(row[3], row[4], file_no[row[0]], row[2], row[1], order)
 
 
-def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_path="metrics/pair.json") -> dict:
-    from ..models import load_tokenizer
+def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_path="metrics/pair.json",
+        catalog_dir: str | Path | None = "data/catalog") -> dict:
+    from ..models import load_chat_tokenizer
     from ..templates import probe_format
 
     p = params.pair
@@ -130,36 +167,38 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     describe(sources)
     if not sources.files:
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
-    fmt = probe_format(load_tokenizer(model_dir, params.model.trust_remote_code),
+    fmt = probe_format(load_chat_tokenizer(model_dir, params.model.trust_remote_code),
                        params.convert.arguments, params.convert.reasoning)
+    workers = resolve_workers(params.data.workers, total_bytes(sources.files))
+    catalog = read_catalog(catalog_dir, sources.files, params.convert.merge_system) if catalog_dir else None
+    if catalog is not None:
+        log(f"grouping the catalog {catalog_dir} (from filter) instead of reading the rollouts again")
+        meta, rows = catalog
+        plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
+        counts = Counter({k: meta[k] for k in ("lines_read", "rollouts", "invalid", "duplicates")})
+    else:
+        tally = CatalogWriter(None, sources.files, params.convert.merge_system)
+        rows = scan_rollouts(sources.files, params.convert.merge_system, workers, tally)
+        plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
+        counts = tally.counts
     with (
         atomic_dir(out_dir) as out,
         ParquetWriter(out / "train.parquet", pair_features()) as writer,
-        open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
-        rejects = RejectLog(rejects_f)
-        entries, counts = index_rollouts(sources.files, params.convert.merge_system, rejects)
-        plan = plan_pairs(entries, p.strategy, p.min_diff)
-        del entries
-        handles = {}
-        try:
-            for chosen_e, rejected_e in plan.pairs:
-                chosen, rejected = (_read_back(e, sources.files, handles, params.convert.merge_system)
-                                    for e in (chosen_e, rejected_e))
-                row = pair_row(chosen, rejected, fmt)
+        context = ReadBack(tuple(str(f) for f in sources.files), params.convert.merge_system, fmt,
+                           pair_features())
+        for _, rows in ordered_map(_pair_batch, context, batched(plan.pairs, lambda _: 1, max_items=256), workers):
+            for row in rows:
                 if isinstance(row, str):
                     counts[row] += 1
                     continue
-                writer.write(row)
+                writer.write_encoded(row)
                 counts["pairs"] += 1
-        finally:
-            for h in handles.values():
-                h.close()
     m = {
         "lines_read": counts["lines_read"],
         "rollouts": counts["rollouts"],
         "invalid": counts["invalid"],
-        "dropped_duplicates": counts["dropped"],
+        "dropped_duplicates": counts["duplicates"],
         "groups": plan.stats.get("groups", 0),
         "groups_single_rollout": plan.stats.get("groups_single_rollout", 0),
         "groups_all_tied": plan.stats.get("groups_all_tied", 0),
@@ -178,10 +217,36 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     return m
 
 
-def _read_back(e: Entry, files: list[Path], handles: dict, merge_system: bool) -> Rollout:
+@dataclass(frozen=True)
+class ReadBack:
+    """What a worker needs to turn planned pairs into encoded rows."""
+
+    files: tuple[str, ...]
+    merge_system: bool
+    fmt: object  # ChatFormat
+    features: object  # datasets.Features
+
+
+def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | str]:
+    """Worker side: reads back both lines of each pair (only those) and builds the encoded rows."""
+    handles: dict[int, object] = {}
+    try:
+        out = []
+        for chosen_e, rejected_e in pairs:
+            chosen, rejected = (_read_back(e, ctx.files, handles, ctx.merge_system) for e in (chosen_e, rejected_e))
+            row = pair_row(chosen, rejected, ctx.fmt)
+            out.append(row if isinstance(row, str) else encode_row(row, ctx.features))
+        return out
+    finally:
+        for h in handles.values():
+            h.close()
+
+
+def _read_back(e: Entry, files: tuple[str, ...], handles: dict, merge_system: bool) -> Rollout:
     if e.file not in handles:
-        handles[e.file] = open_binary(files[e.file])
+        handles[e.file] = open_binary(Path(files[e.file]))
     raw = read_line_at(handles[e.file], e.offset)
-    item = parse_line(Line(str(files[e.file]), e.lineno, e.offset, raw), merge_system)
-    assert isinstance(item, Rollout), f"{files[e.file]}:{e.lineno} changed while pairing"
+    item = parse_line(Line(files[e.file], e.lineno, e.offset, raw), merge_system)
+    if not isinstance(item, Rollout):
+        raise StageError(f"{files[e.file]}:{e.lineno} is no longer the rollout filter catalogued; rerun filter")
     return item
