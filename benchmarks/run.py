@@ -173,16 +173,18 @@ def measure(job: str, src: Path, out: Path) -> dict:
 
 
 def ensure_tokenizer() -> None:
+    """The embedded model's tokenizer as the base_model stage writes it (files + stored template probe)."""
+    from gymtrl.models import CHAT_FORMAT_FILE, EMBEDDED_GGUF, embedded_dir, ensure_tool_template, write_chat_format
+
     d = WORK / "tokenizer"
-    if (d / "tokenizer.json").exists():
+    if (d / CHAT_FORMAT_FILE).exists():
         return
     from transformers import AutoTokenizer
-
-    from gymtrl.models import EMBEDDED_GGUF, embedded_dir, ensure_tool_template
 
     tok = AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
     ensure_tool_template(tok)
     tok.save_pretrained(d)
+    write_chat_format(tok, d)
 
 
 def main() -> None:

@@ -208,3 +208,37 @@ def test_pair_reads_the_catalog_only_when_it_describes_the_input(workdir, tiny_m
     half = pair.run(p, tiny_model_dir, "pairs_half", "m/pair_half.json", catalog_dir="cat")
     assert "made from other rollouts" in capsys.readouterr().err
     assert half["lines_read"] == len(lines) // 2 and half["pairs"] < scanned["pairs"]
+
+
+@pytest.mark.parametrize("columns", ["SFT_COLUMNS", "PAIR_COLUMNS"])
+def test_parquet_schema_is_the_one_datasets_writes(columns):
+    """The stages build the Arrow schema themselves (no `datasets` import); it must be byte for byte
+    what `datasets.Features` with Json / List(Json) gives, metadata included, or load_dataset would
+    read the JSON columns differently."""
+    from datasets import Features, Json, List, Value
+
+    from gymtrl.io import arrow_schema
+
+    cols = getattr(convert, columns, None) or getattr(pair, columns)
+    kinds = {"json": Json(), "json_list": List(Json())}
+    features = Features({name: kinds.get(kind) or Value(kind) for name, kind in cols.items()})
+    assert arrow_schema(cols).equals(features.arrow_schema, check_metadata=True)
+
+
+def test_stored_template_probe_is_used_only_while_the_template_is_unchanged(tmp_path, tiny_model_dir):
+    import shutil
+
+    from gymtrl.models import CHAT_FORMAT_FILE, chat_format, load_tokenizer, write_chat_format
+    from gymtrl.templates import probe_format
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    tok = load_tokenizer(d)
+    write_chat_format(tok, d)
+    assert chat_format(d) == probe_format(tok) and chat_format(d, arguments="string").arguments == "string"
+    stored = orjson.loads((d / CHAT_FORMAT_FILE).read_bytes())
+    (d / CHAT_FORMAT_FILE).write_bytes(orjson.dumps({**stored, "reasoning": "think"}))
+    assert chat_format(d).reasoning == "think"  # the stored answer is what is read...
+    (d / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    changed = chat_format(d)  # ...until the template changes: then it is probed again
+    assert changed == probe_format(load_tokenizer(d)) and changed.arguments == "string" != stored["arguments"]

@@ -94,6 +94,7 @@ def _materialize(name_or_path: str, out: Path, trust_remote_code: bool) -> dict:
     _fix_pad(tokenizer)
     replaced = ensure_tool_template(tokenizer)
     tokenizer.save_pretrained(out)
+    write_chat_format(tokenizer, out)
     info = {"source": source, "chat_template_replaced": replaced}
     write_json(out / "base_info.json", info)
     return info
@@ -129,6 +130,47 @@ def load_chat_tokenizer(model_dir: str | os.PathLike, trust_remote_code: bool = 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     _fix_pad(tokenizer)
     return tokenizer
+
+
+CHAT_FORMAT_FILE = "gymtrl_chat_format.json"
+
+
+def _template_digest(model_dir: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if (model_dir / name).exists():
+            h.update(name.encode() + b"\0" + (model_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def write_chat_format(tokenizer, model_dir: str | os.PathLike) -> None:
+    """Stores the template probe's answer next to the tokenizer files it was probed from."""
+    from .templates import probe_arguments, probe_reasoning
+
+    write_json(Path(model_dir) / CHAT_FORMAT_FILE, {"template_sha256": _template_digest(Path(model_dir)),
+                                                   "arguments": probe_arguments(tokenizer),
+                                                   "reasoning": probe_reasoning(tokenizer)})
+
+
+def chat_format(model_dir: str | os.PathLike, arguments: str = "auto", reasoning: str = "keep",
+                trust_remote_code: bool = False):
+    """How the model's chat template wants tool-call arguments and reasoning (see templates.probe_format).
+
+    Read from the base_model stage's stored probe when it matches the template files, so that a stage
+    that renders nothing (pair) does not load a tokenizer for it; probed from the tokenizer otherwise.
+    """
+    from .chat import ChatFormat
+    from .templates import probe_format
+
+    stored = Path(model_dir) / CHAT_FORMAT_FILE
+    if stored.exists():
+        probe = read_json(stored)
+        if probe.get("template_sha256") == _template_digest(Path(model_dir)):
+            return ChatFormat(arguments=probe["arguments"] if arguments == "auto" else arguments,
+                              reasoning="drop" if reasoning == "drop" else probe["reasoning"])
+    return probe_format(load_chat_tokenizer(model_dir, trust_remote_code), arguments, reasoning)
 
 
 def load_model(model_dir: str | os.PathLike, trust_remote_code: bool = False, dtype=None, device: str | None = None):

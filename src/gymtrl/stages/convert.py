@@ -12,27 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import ChatFormat, Conversation, format_messages
-from ..io import ParquetWriter, atomic_dir, encode_row, read_jsonl, write_json
+from ..io import Columns, ParquetWriter, atomic_dir, encode_row, read_jsonl, write_json
 from ..parallel import ordered_map, resolve_workers
 from ..params import Params
 from ..rollouts import Line, Rejected, job_lines, parse_line, scan_jobs
 from .common import RejectLog, StageError, log
 
 
-def sft_features():
-    from datasets import Features, Json, List, Value
-
-    return Features(
-        {
-            "messages": List(Json()),
-            "tools": Json(),
-            "task_key": Value("string"),
-            "reward": Value("float64"),
-            "turns": Value("int32"),
-            "source": Value("string"),
-            "line": Value("int64"),
-        }
-    )
+SFT_COLUMNS: Columns = {"messages": "json_list", "tools": "json", "task_key": "string", "reward": "float64",
+                        "turns": "int32", "source": "string", "line": "int64"}
 
 
 def sft_row(conv: Conversation, fmt: ChatFormat, task_key: str, reward: float, line: Line) -> dict:
@@ -63,7 +51,6 @@ class RowContext:
     tokenizer: object
     fmt: ChatFormat
     merge_system: bool
-    features: object  # datasets.Features
 
 
 def convert_line(ctx: RowContext, origin: Line) -> tuple:
@@ -83,7 +70,7 @@ def convert_line(ctx: RowContext, origin: Line) -> tuple:
         conv.unanswered_calls,
         conv.skipped_tools,
     )
-    return ("row", encode_row(row, ctx.features), stats)
+    return ("row", encode_row(row, SFT_COLUMNS), stats)
 
 
 def _convert_job(ctx: RowContext, job: tuple) -> list[tuple]:
@@ -101,11 +88,11 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
     filtered = Path(filtered_dir)
     roles: Counter = Counter()
     stats: Counter = Counter()
-    ctx = RowContext(tokenizer, fmt, params.convert.merge_system, sft_features())
+    ctx = RowContext(tokenizer, fmt, params.convert.merge_system)
     workers = resolve_workers(params.data.workers, (filtered / "rollouts.jsonl").stat().st_size)
     with (
         atomic_dir(out_dir) as out,
-        ParquetWriter(out / "train.parquet", ctx.features) as writer,
+        ParquetWriter(out / "train.parquet", SFT_COLUMNS) as writer,
         open(out / "rejects.jsonl", "wb") as rejects_f,
     ):
         rejects = RejectLog(rejects_f)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 from ..chat import format_messages
-from ..io import ParquetWriter, atomic_dir, encode_row, write_json
+from ..io import Columns, ParquetWriter, atomic_dir, encode_row, write_json
 from ..parallel import batched, ordered_map, resolve_workers
 from ..params import Params
 from ..rollouts import (Line, Rollout, Summary, open_binary, parse_line, read_line_at, resolve_sources, summaries,
@@ -102,24 +102,11 @@ def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> Pair
     return PairPlan(pairs, dict(stats))
 
 
-def pair_features():
-    from datasets import Features, Json, List, Value
-
-    return Features(
-        {
-            "prompt": List(Json()),
-            "chosen": List(Json()),
-            "rejected": List(Json()),
-            "tools": Json(),
-            "task_key": Value("string"),
-            "chosen_reward": Value("float64"),
-            "rejected_reward": Value("float64"),
-            "chosen_source": Value("string"),
-            "chosen_line": Value("int64"),
-            "rejected_source": Value("string"),
-            "rejected_line": Value("int64"),
-        }
-    )
+PAIR_COLUMNS: Columns = {
+    "prompt": "json_list", "chosen": "json_list", "rejected": "json_list", "tools": "json", "task_key": "string",
+    "chosen_reward": "float64", "rejected_reward": "float64", "chosen_source": "string", "chosen_line": "int64",
+    "rejected_source": "string", "rejected_line": "int64",
+}
 
 
 def pair_row(chosen: Rollout, rejected: Rollout, fmt) -> dict | str:
@@ -159,16 +146,14 @@ def entries_from(rows: Iterable, files: list[Path]) -> Iterator[Entry]:
 
 def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_path="metrics/pair.json",
         catalog_dir: str | Path | None = "data/catalog") -> dict:
-    from ..models import load_chat_tokenizer
-    from ..templates import probe_format
+    from ..models import chat_format
 
     p = params.pair
     sources = resolve_sources(params.rollout_specs)
     describe(sources)
     if not sources.files:
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
-    fmt = probe_format(load_chat_tokenizer(model_dir, params.model.trust_remote_code),
-                       params.convert.arguments, params.convert.reasoning)
+    fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
     workers = resolve_workers(params.data.workers, total_bytes(sources.files))
     catalog = read_catalog(catalog_dir, sources.files, params.convert.merge_system) if catalog_dir else None
     if catalog is not None:
@@ -183,10 +168,9 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
         counts = tally.counts
     with (
         atomic_dir(out_dir) as out,
-        ParquetWriter(out / "train.parquet", pair_features()) as writer,
+        ParquetWriter(out / "train.parquet", PAIR_COLUMNS) as writer,
     ):
-        context = ReadBack(tuple(str(f) for f in sources.files), params.convert.merge_system, fmt,
-                           pair_features())
+        context = ReadBack(tuple(str(f) for f in sources.files), params.convert.merge_system, fmt)
         for _, rows in ordered_map(_pair_batch, context, batched(plan.pairs, lambda _: 1, max_items=256), workers):
             for row in rows:
                 if isinstance(row, str):
@@ -224,7 +208,6 @@ class ReadBack:
     files: tuple[str, ...]
     merge_system: bool
     fmt: object  # ChatFormat
-    features: object  # datasets.Features
 
 
 def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | str]:
@@ -235,7 +218,7 @@ def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | 
         for chosen_e, rejected_e in pairs:
             chosen, rejected = (_read_back(e, ctx.files, handles, ctx.merge_system) for e in (chosen_e, rejected_e))
             row = pair_row(chosen, rejected, ctx.fmt)
-            out.append(row if isinstance(row, str) else encode_row(row, ctx.features))
+            out.append(row if isinstance(row, str) else encode_row(row, PAIR_COLUMNS))
         return out
     finally:
         for h in handles.values():
