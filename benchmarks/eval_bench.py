@@ -4,7 +4,7 @@ Same model (models/base, from `dvc repro`), same held-out prompts, greedy, one t
 --new-tokens each; throughput counts the tokens each variant really generated (up to eos). Appends to
 benchmarks/results.json.
 
-    python benchmarks/eval_bench.py --tasks 16 --new-tokens 32
+    python benchmarks/eval_bench.py --tasks 32 --new-tokens 48 --repeats 2
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "models/base"))
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     tasks = list(read_jsonl(ROOT / "data/demo/tasks_eval.jsonl"))[: args.tasks]
@@ -61,19 +62,42 @@ def main() -> None:
         eos = tokenizer.eos_token_id
         return seconds, sum(row.index(eos) + 1 if eos in row else len(row) for row in new)
 
+    # Time spent inside model.generate during the agent loop: the rest is the loop's own overhead
+    # (rendering, tokenizing, decoding, parsing, tool calls).
+    inner = {"seconds": 0.0}
+    generate = model.generate
+
+    def timed_generate(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return generate(*a, **kw)
+        finally:
+            inner["seconds"] += time.perf_counter() - t
+
+    model.generate = timed_generate
     agent(len(tasks))  # warm-up
+    variants = {"agent loop, batched": lambda: agent(len(tasks)), "agent loop, one task at a time": lambda: agent(1),
+                "bare model.generate, batched": bare}
+    best: dict[str, tuple[float, int, float]] = {}
+    for rep in range(args.repeats):  # interleaved, best of n: the machine's noise hits every variant alike
+        for name, fn in variants.items():
+            inner["seconds"] = 0.0
+            seconds, total = fn()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, total, inner["seconds"])
     results = []
-    for name, fn in (("agent loop, batched", lambda: agent(len(tasks))), ("agent loop, one task at a time", lambda: agent(1)),
-                     ("bare model.generate, batched", bare)):
-        seconds, total = fn()
+    for name, (seconds, total, in_generate) in best.items():
         results.append({"job": name, "seconds": round(seconds, 2), "new_tokens": total,
-                        "new_tokens_per_s": round(total / seconds, 1)})
-        print(f"{name:<32} {seconds:7.2f}s  {total / seconds:7.1f} new tokens/s", flush=True)
+                        "new_tokens_per_s": round(total / seconds, 1), "inside_generate_s": round(in_generate, 2)})
+        print(f"{name:<32} {seconds:7.2f}s  {total / seconds:7.1f} new tokens/s  (inside generate {in_generate:.2f}s)",
+              flush=True)
+    b, o, g = (best[k][1] / best[k][0] for k in variants)
+    print(f"batched / one at a time: {b / o:.2f}x;  batched / bare generate: {b / g:.0%}")
     from run import append_results
 
     append_results(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-                   f"python benchmarks/eval_bench.py --tasks {args.tasks} --new-tokens {args.new_tokens}", results)
+                   f"python benchmarks/eval_bench.py --tasks {args.tasks} --new-tokens {args.new_tokens} --repeats {args.repeats}", results)
 
 
 if __name__ == "__main__":

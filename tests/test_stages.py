@@ -242,3 +242,24 @@ def test_stored_template_probe_is_used_only_while_the_template_is_unchanged(tmp_
     (d / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     changed = chat_format(d)  # ...until the template changes: then it is probed again
     assert changed == probe_format(load_tokenizer(d)) and changed.arguments == "string" != stored["arguments"]
+
+
+def test_pairs_from_gzip_input_equal_those_from_the_plain_file(workdir, tiny_model_dir):
+    """.jsonl.gz cannot seek: pair copies the lines it uses to a plain spool file first."""
+    import gzip
+
+    from datasets import load_dataset
+
+    from gymtrl.stages import demo
+
+    demo.run(parse_params({}), "demo", "demo.json")
+    Path("gz").mkdir()
+    Path("gz/rollouts.jsonl.gz").write_bytes(gzip.compress(Path("demo/rollouts.jsonl").read_bytes()))
+    runs = {}
+    for name, src in (("plain", "demo/rollouts.jsonl"), ("gz", "gz/rollouts.jsonl.gz")):
+        p = parse_params({"data": {"rollouts": src, "workers": 2}, "pair": {"strategy": "all_pairs"}})
+        m = pair.run(p, tiny_model_dir, f"pairs_{name}", f"m/{name}.json", catalog_dir=None)
+        ds = load_dataset("parquet", data_files=f"pairs_{name}/train.parquet", split="train")
+        runs[name] = (m, [{k: v for k, v in r.items() if not k.endswith("_source")} for r in ds])
+    assert runs["plain"] == runs["gz"] and runs["gz"][0]["pairs"] > 20
+    assert not list(Path(".").glob(".gymtrl-pair-spool-*"))

@@ -8,6 +8,7 @@ pair uses are read back. Invalid and duplicate lines are counted here and listed
 
 from __future__ import annotations
 
+import tempfile
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -38,9 +39,9 @@ class PairPlan:
     stats: dict
 
 
-class _Columns:
-    """Entries stored column-wise (about 40 bytes per rollout instead of ~250 as objects), so that
-    grouping a GB-sized input stays within a few MB."""
+class _EntryTable:
+    """Entries stored column-wise (48 bytes per rollout instead of ~250 as objects), so that grouping a
+    GB-sized input stays within a few MB."""
 
     def __init__(self, entries: Iterable[Entry]):
         self.keys: dict[str, int] = {}
@@ -76,12 +77,12 @@ class _Columns:
 
 def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> PairPlan:
     """Pure pairing logic: groups, sorts, and picks (chosen, rejected) per strategy."""
-    columns = _Columns(entries)
+    table = _EntryTable(entries)
     pairs: list[tuple[Entry, Entry]] = []
-    stats = Counter(groups=len(columns.keys))
+    stats = Counter(groups=len(table.keys))
     # A tiny tolerance so that 0.9 - 0.8 counts as a 0.1 gap despite binary floating point.
     eps = 1e-9
-    for members in columns.groups():
+    for members in table.groups():
         group = sorted(members, key=lambda e: (-e.reward, e.order))
         if len(group) == 1:
             stats["groups_single_rollout"] += 1
@@ -167,11 +168,14 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
         plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
         counts = tally.counts
     with (
+        # Same file system as the output: the spool can be as large as the lines the pairs use.
+        tempfile.TemporaryDirectory(prefix=".gymtrl-pair-spool-", dir=_parent(out_dir)) as spool,
         atomic_dir(out_dir) as out,
         ParquetWriter(out / "train.parquet", PAIR_COLUMNS) as writer,
     ):
-        context = ReadBack(tuple(str(f) for f in sources.files), params.convert.merge_system, fmt)
-        for _, rows in ordered_map(_pair_batch, context, batched(plan.pairs, lambda _: 1, max_items=256), workers):
+        read_from, pairs = spool_compressed(sources.files, plan.pairs, Path(spool))
+        context = ReadBack(tuple(str(f) for f in sources.files), read_from, params.convert.merge_system, fmt)
+        for _, rows in ordered_map(_pair_batch, context, batched(pairs, lambda _: 1, max_items=256), workers):
             for row in rows:
                 if isinstance(row, str):
                     counts[row] += 1
@@ -201,11 +205,47 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     return m
 
 
+def _parent(path: str | Path) -> Path:
+    parent = Path(path).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def spool_compressed(files: list[Path], pairs: list[tuple[Entry, Entry]],
+                     spool: Path) -> tuple[tuple[str, ...], list[tuple[Entry, Entry]]]:
+    """gzip cannot seek: reading pairs back at random offsets would decompress a file from its start
+    again and again. So, in one pass per .gz file, the lines the pairs use are copied to a plain file
+    in `spool`; returns the paths to read from and the pairs with offsets into those copies."""
+    paths = [str(f) for f in files]
+    moved: dict[int, dict[int, int]] = {}
+    for i, f in enumerate(files):
+        if not f.name.endswith(".gz"):
+            continue
+        wanted = iter(sorted({e.offset for pair in pairs for e in pair if e.file == i}))
+        nxt, offset, new = next(wanted, None), 0, {}
+        with open_binary(f) as src, open(spool / f"{i}.jsonl", "wb") as dst:
+            for raw in src:
+                if nxt is None:
+                    break
+                if offset == nxt:
+                    new[offset] = dst.tell()
+                    dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                    nxt = next(wanted, None)
+                offset += len(raw)
+        paths[i], moved[i] = str(spool / f"{i}.jsonl"), new
+
+    def remap(e: Entry) -> Entry:
+        return e._replace(offset=moved[e.file][e.offset]) if e.file in moved else e
+
+    return tuple(paths), [(remap(a), remap(b)) for a, b in pairs] if moved else pairs
+
+
 @dataclass(frozen=True)
 class ReadBack:
     """What a worker needs to turn planned pairs into encoded rows."""
 
-    files: tuple[str, ...]
+    files: tuple[str, ...]  # the user's files, for provenance
+    read_from: tuple[str, ...]  # where to read each file's lines (a plain copy for .gz files)
     merge_system: bool
     fmt: object  # ChatFormat
 
@@ -216,7 +256,7 @@ def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | 
     try:
         out = []
         for chosen_e, rejected_e in pairs:
-            chosen, rejected = (_read_back(e, ctx.files, handles, ctx.merge_system) for e in (chosen_e, rejected_e))
+            chosen, rejected = (_read_back(e, ctx, handles) for e in (chosen_e, rejected_e))
             row = pair_row(chosen, rejected, ctx.fmt)
             out.append(row if isinstance(row, str) else encode_row(row, PAIR_COLUMNS))
         return out
@@ -225,11 +265,11 @@ def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | 
             h.close()
 
 
-def _read_back(e: Entry, files: tuple[str, ...], handles: dict, merge_system: bool) -> Rollout:
+def _read_back(e: Entry, ctx: ReadBack, handles: dict) -> Rollout:
     if e.file not in handles:
-        handles[e.file] = open_binary(Path(files[e.file]))
+        handles[e.file] = open(ctx.read_from[e.file], "rb")
     raw = read_line_at(handles[e.file], e.offset)
-    item = parse_line(Line(files[e.file], e.lineno, e.offset, raw), merge_system)
+    item = parse_line(Line(ctx.files[e.file], e.lineno, e.offset, raw), ctx.merge_system)
     if not isinstance(item, Rollout):
-        raise StageError(f"{files[e.file]}:{e.lineno} is no longer the rollout filter catalogued; rerun filter")
+        raise StageError(f"{ctx.files[e.file]}:{e.lineno} is no longer the rollout filter catalogued; rerun filter")
     return item
