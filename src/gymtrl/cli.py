@@ -90,60 +90,40 @@ def _inspect(args, params):
     return None
 
 
+# The pipeline stages: help, handler, and the paths each reads or writes (dvc.yaml uses the defaults).
+STAGE_COMMANDS = {
+    "base-model": ("materialize model.name_or_path as a loadable model directory", _base_model,
+                   {"--out": "models/base", "--metrics": "metrics/base_model.json"}),
+    "demo": ("embedded environment: calculator tasks and reference rollouts", _demo,
+             {"--out": "data/demo", "--metrics": "metrics/demo.json"}),
+    "filter": ("keep rollouts by reward and turns; catalog every valid one for pair", _filter,
+               {"--out": "data/filtered", "--metrics": "metrics/filter.json", "--plots": "plots/filter_rewards.json",
+                "--catalog": "data/catalog"}),
+    "convert": ("filtered rollouts -> TRL conversational SFT dataset", _convert,
+                {"--filtered": "data/filtered", "--model": "models/base", "--out": "data/sft",
+                 "--metrics": "metrics/convert.json"}),
+    "pair": ("all rollouts -> TRL conversational preference pairs (from filter's catalog when it is current)",
+             _pair, {"--model": "models/base", "--out": "data/pairs", "--metrics": "metrics/pair.json",
+                     "--catalog": "data/catalog"}),
+    "train": ("SFT / DPO with TRL", _train,
+              {"--model": "models/base", "--sft": "data/sft", "--pairs": "data/pairs", "--out": "models/trained",
+               "--checkpoints": "checkpoints/train", "--live": "dvclive/train", "--metrics": "metrics/train.json"}),
+    "evaluate": ("base vs trained model on held-out tasks", _evaluate,
+                 {"--base": "models/base", "--trained": "models/trained", "--out": "data/eval",
+                  "--metrics-dir": "metrics", "--plots-dir": "plots"}),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gymtrl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("base-model", help="materialize model.name_or_path as a loadable model directory")
-    p.add_argument("--out", default="models/base")
-    p.add_argument("--metrics", default="metrics/base_model.json")
-    p.set_defaults(func=_base_model)
-
-    p = sub.add_parser("demo", help="embedded environment: calculator tasks and reference rollouts")
-    p.add_argument("--out", default="data/demo")
-    p.add_argument("--metrics", default="metrics/demo.json")
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser("filter", help="keep rollouts by reward and turns")
-    p.add_argument("--out", default="data/filtered")
-    p.add_argument("--metrics", default="metrics/filter.json")
-    p.add_argument("--plots", default="plots/filter_rewards.json")
-    p.add_argument("--catalog", default="data/catalog", help="where to write every valid rollout's key/reward/offset")
-    p.set_defaults(func=_filter)
-
-    p = sub.add_parser("convert", help="filtered rollouts -> TRL conversational SFT dataset")
-    p.add_argument("--filtered", default="data/filtered")
-    p.add_argument("--model", default="models/base")
-    p.add_argument("--out", default="data/sft")
-    p.add_argument("--metrics", default="metrics/convert.json")
-    p.set_defaults(func=_convert)
-
-    p = sub.add_parser("pair", help="all rollouts -> TRL conversational preference pairs")
-    p.add_argument("--model", default="models/base")
-    p.add_argument("--out", default="data/pairs")
-    p.add_argument("--metrics", default="metrics/pair.json")
-    p.add_argument("--catalog", default="data/catalog",
-                   help="filter's catalog of the same rollouts (read instead of the rollouts; ignored if stale)")
-    p.set_defaults(func=_pair)
-
-    p = sub.add_parser("train", help="SFT / DPO with TRL")
-    p.add_argument("--model", default="models/base")
-    p.add_argument("--sft", default="data/sft")
-    p.add_argument("--pairs", default="data/pairs")
-    p.add_argument("--out", default="models/trained")
-    p.add_argument("--checkpoints", default="checkpoints/train")
-    p.add_argument("--live", default="dvclive/train")
-    p.add_argument("--metrics", default="metrics/train.json")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("evaluate", help="base vs trained model on held-out tasks")
-    p.add_argument("--base", default="models/base")
-    p.add_argument("--trained", default="models/trained")
-    p.add_argument("--out", default="data/eval")
-    p.add_argument("--metrics-dir", default="metrics")
-    p.add_argument("--plots-dir", default="plots")
-    p.set_defaults(func=_evaluate)
+    for name, (help_text, func, paths) in STAGE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        for flag, default in paths.items():
+            p.add_argument(flag, default=default, help=f"(default: {default})")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("compare", help="paired comparison of experiments on the same held-out tasks")
     p.add_argument("runs", nargs="*", help="experiment names or git revisions (default: workspace + experiments)")
