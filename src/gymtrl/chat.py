@@ -249,13 +249,18 @@ def convert_tools(*candidates: Any) -> tuple[list[dict], int]:
     return [], 0
 
 
-def prompt_messages(params: dict, merge_system: bool = True) -> list[dict]:
-    """A task's `responses_create_params` -> the chat messages an agent starts from."""
+def _builder_from_inputs(inputs: list) -> _Builder:
     b = _Builder()
-    for item in input_items(params):
+    for item in inputs:
         b.add(item)
     b.flush()
-    return _merge_leading_system(b.messages) if merge_system else b.messages
+    return b
+
+
+def prompt_messages(params: dict, merge_system: bool = True) -> list[dict]:
+    """A task's `responses_create_params` -> the chat messages an agent starts from."""
+    messages = _builder_from_inputs(input_items(params)).messages
+    return _merge_leading_system(messages) if merge_system else messages
 
 
 def to_conversation(record: dict, merge_system: bool = True) -> Conversation:
@@ -269,10 +274,8 @@ def to_conversation(record: dict, merge_system: bool = True) -> Conversation:
         raise ConversionError("output_missing", "response has no `output`")
     outputs = flatten_output(response["output"])
 
-    b = _Builder()
-    for item in inputs:
-        b.add(item)
-    b.flush()
+    # One builder for input and output, so that output items can answer calls made in the input.
+    b = _builder_from_inputs(inputs)
     # Environment messages that open the output (aviary puts the task there) belong to the prompt.
     i = 0
     while i < len(outputs) and isinstance(outputs[i], dict) and outputs[i].get("role") in ("user", "system", "developer"):

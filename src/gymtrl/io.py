@@ -169,15 +169,19 @@ class ParquetWriter:
     inferred Arrow struct.
     """
 
-    def __init__(self, path: str | os.PathLike, columns: Columns, batch_size: int = 512):
+    def __init__(self, path: str | os.PathLike, columns: Columns, batch_size: int = 512,
+                 batch_bytes: int = 8_000_000):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._pa = pa
         self.columns = columns
         self.schema = arrow_schema(columns)
-        self.batch_size = batch_size
+        # A row group is flushed at batch_size rows or batch_bytes of JSON text, whichever comes first:
+        # Gym rollouts range from a few KB to MBs, and Arrow copies the buffer while converting it.
+        self.batch_size, self.batch_bytes = batch_size, batch_bytes
         self._buffer: list[dict] = []
+        self._buffered_bytes = 0
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, self.schema)
@@ -189,7 +193,9 @@ class ParquetWriter:
     def write_encoded(self, row: dict) -> None:
         """Adds a row already passed through `encode_row` (e.g. by a worker process)."""
         self._buffer.append(row)
-        if len(self._buffer) >= self.batch_size:
+        self._buffered_bytes += sum(len(v) for v in row.values() if isinstance(v, str)) + sum(
+            len(x) for v in row.values() if isinstance(v, list) for x in v)
+        if len(self._buffer) >= self.batch_size or self._buffered_bytes >= self.batch_bytes:
             self._flush()
 
     def _flush(self) -> None:
@@ -202,6 +208,7 @@ class ParquetWriter:
         self._writer.write_table(table)
         self.rows += len(self._buffer)
         self._buffer.clear()
+        self._buffered_bytes = 0
 
     def __enter__(self) -> "ParquetWriter":
         return self

@@ -175,7 +175,7 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     ):
         read_from, pairs = spool_compressed(sources.files, plan.pairs, Path(spool))
         context = ReadBack(tuple(str(f) for f in sources.files), read_from, params.convert.merge_system, fmt)
-        for _, rows in ordered_map(_pair_batch, context, batched(pairs, lambda _: 1, max_items=256), workers):
+        for _, rows in ordered_map(_pair_batch, context, batched(pairs, lambda _: 1, max_items=64), workers):
             for row in rows:
                 if isinstance(row, str):
                     counts[row] += 1
