@@ -28,8 +28,10 @@ repro: setup
 test: setup
 	pytest -q $(PYTEST_ARGS)
 
+# Data stages at 10 MB, 100 MB and 1 GB (inputs generated under benchmarks/.work/, ~2 min). The
+# evaluate and train benchmarks need `make repro` first: see benchmarks/RESULTS.md for their commands.
 bench: setup
-	python benchmarks/run.py
+	python benchmarks/run.py --sizes 10 100 1000
 
 clean:
 	rm -rf $(VENV)

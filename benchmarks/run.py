@@ -5,7 +5,7 @@ indices and rewards (4 rollouts per task, so pairing has work to do). Each measu
 process so its peak RSS is its own. Results are appended to benchmarks/results.json and printed as a
 Markdown table.
 
-    python benchmarks/run.py --sizes 10 100 1000      # MB
+    python benchmarks/run.py --sizes 10 100 1000      # MB (the default; `make bench`)
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def ensure_tokenizer() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--job", nargs=3)
     args = parser.parse_args()
     if args.job:

@@ -42,6 +42,24 @@ def kill_midway(cmd: list[str], out: Path, cwd: Path) -> None:
     assert proc.poll() is None, "the stage finished before it could be killed; make the input bigger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The stage's worker processes (data.workers) must not outlive it.
+    deadline = time.time() + 10
+    while time.time() < deadline and processes_in(cwd):
+        time.sleep(0.1)
+    assert not processes_in(cwd), "worker processes survived the stage"
+
+
+def processes_in(cwd: Path) -> list[int]:
+    """Pids of live processes whose working directory is `cwd` (the stage and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == cwd.resolve() and "Z" not in (entry / "stat").read_text().split()[2]:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 @pytest.mark.parametrize("stage, out", [("filter", "data/filtered"), ("convert", "data/sft"), ("pair", "data/pairs")])
