@@ -7,11 +7,13 @@ pair would keep with the current params. Reads nothing but the given files; writ
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from statistics import mean, median
 
+from ..parallel import resolve_workers
 from ..params import Params
-from ..rollouts import Rejected, resolve_sources, scan
+from ..rollouts import Rejected, resolve_sources, summaries, total_bytes
 from .filter import Tally, decide
 from .pair import Entry, plan_pairs
 
@@ -33,12 +35,15 @@ def histogram(values: list[float], bins: int = 10) -> list[dict]:
 def summarize(specs: list[str], params: Params) -> dict:
     sources = resolve_sources(specs)
     tally = Tally()
-    rewards: list[float] = []  # inspect is interactive: keeping floats in memory is fine
-    turns: list[int] = []
-    entries: list[Entry] = []
+    # Per rollout: reward, turns, line (arrays, 8 bytes each) and its task key (interned, one per task),
+    # so that inspecting GBs of rollouts needs tens of MB.
+    rewards, turns, linenos = array("d"), array("q"), array("q")
+    keys: dict[str, str] = {}
+    task_of: list[str] = []
     invalid_examples: dict[str, str] = {}
     per_file: dict[str, Counter] = {}
-    for parsed in scan(sources.files, params.convert.merge_system):
+    workers = resolve_workers(params.data.workers, total_bytes(sources.files))
+    for parsed in summaries(sources.files, params.convert.merge_system, workers):
         verdict = decide(parsed, params.filter)
         tally.add(verdict, None if isinstance(parsed, Rejected) else parsed.reward)
         fc = per_file.setdefault(parsed.line.source, Counter())
@@ -50,9 +55,11 @@ def summarize(specs: list[str], params: Params) -> dict:
         fc["rollouts"] += 1
         rewards.append(parsed.reward)
         turns.append(parsed.turns)
-        entries.append(Entry(parsed.task_key, parsed.reward, 0, 0, parsed.line.lineno, len(entries)))
+        linenos.append(parsed.line.lineno)
+        task_of.append(keys.setdefault(parsed.task_key, parsed.task_key))
     m = tally.metrics()
-    samples = Counter(e.task_key for e in entries)
+    samples = Counter(task_of)
+    entries = (Entry(task_of[i], rewards[i], 0, 0, linenos[i], i) for i in range(len(task_of)))
     plan = plan_pairs(entries, params.pair.strategy, params.pair.min_diff)
     threshold = params.eval.success_threshold
     return {
