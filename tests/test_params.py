@@ -20,6 +20,8 @@ from gymtrl.params import ParamsError, load_params, parse_params
         ({"train": {"lora": {"r": 0}}}, "train.lora.r = 0", "greater than or equal to 1"),
         ({"eval": {"backend": "gym"}}, "eval", "needs eval.gym_command"),
         ({"eval": {"batch_size": 0}}, "eval.batch_size = 0", "greater than or equal to 1"),
+        ({"data": {"workers": 0}}, "data.workers = 0", "a whole number >= 1 or 'auto'"),
+        ({"data": {"workers": "many"}}, "data.workers = 'many'", "a whole number >= 1 or 'auto'"),
         ({"filtr": {"min_reward": 0.5}}, "filtr", "unknown key"),
         ({"filter": {"min_rewrd": 0.5}}, "filter.min_rewrd", "unknown key"),
     ],

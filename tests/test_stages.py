@@ -264,3 +264,23 @@ def test_pairs_from_gzip_input_equal_those_from_the_plain_file(workdir, tiny_mod
         runs[name] = (m, [{k: v for k, v in r.items() if not k.endswith("_source")} for r in ds])
     assert runs["plain"] == runs["gz"] and runs["gz"][0]["pairs"] > 20
     assert not list(Path(".").glob(".gymtrl-pair-spool-*"))
+
+
+def test_workers_also_work_when_started_by_spawn(workdir, tiny_model_dir, monkeypatch):
+    """Linux forks the workers; macOS and Windows spawn them, which pickles each stage's worker context
+    (tokenizer, chat format, filter params). Same outputs either way."""
+    import multiprocessing
+
+    from gymtrl import parallel
+
+    def run_all(tag: str) -> str:
+        p = params(data={"rollouts": FIX, "workers": 2}, filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
+        filter_stage.run(p, f"f{tag}", f"m{tag}/filter.json", catalog_dir=f"c{tag}")
+        convert.run(p, f"f{tag}", tiny_model_dir, f"sft{tag}", f"m{tag}/convert.json")
+        pair.run(p, tiny_model_dir, f"pairs{tag}", f"m{tag}/pair.json", catalog_dir=f"c{tag}")
+        return digest(f"f{tag}/rollouts.jsonl", f"c{tag}/rollouts.jsonl", f"sft{tag}/train.parquet",
+                      f"pairs{tag}/train.parquet", f"m{tag}/filter.json", f"m{tag}/convert.json", f"m{tag}/pair.json")
+
+    forked = run_all("fork")
+    monkeypatch.setattr(parallel, "_pool_context", lambda: multiprocessing.get_context("spawn"))
+    assert run_all("spawn") == forked

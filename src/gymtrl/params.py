@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ParamsError(ValueError):
@@ -26,13 +26,14 @@ class DataParams(_Section):
     rollouts: list[str] | str = "data/demo/rollouts.jsonl"
     # Processes that parse and convert lines in filter / convert / pair: a number, or "auto" (one per
     # CPU, at most 8; 1 for inputs under 8 MB). Outputs are identical whatever the value.
-    workers: Literal["auto"] | int = Field(default="auto")
+    workers: Literal["auto"] | int = "auto"
 
-    @model_validator(mode="after")
-    def _positive_workers(self):
-        if self.workers != "auto" and self.workers < 1:
-            raise ValueError("workers must be >= 1 or 'auto'")
-        return self
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("expected a whole number >= 1 or 'auto'")
 
 
 class ModelParams(_Section):
