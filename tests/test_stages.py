@@ -284,3 +284,23 @@ def test_workers_also_work_when_started_by_spawn(workdir, tiny_model_dir, monkey
     forked = run_all("fork")
     monkeypatch.setattr(parallel, "_pool_context", lambda: multiprocessing.get_context("spawn"))
     assert run_all("spawn") == forked
+
+
+def test_batched_render_check_finds_exactly_the_rows_a_template_rejects(tiny_model_dir):
+    """convert renders rows sharing tools in one call; a failing batch is re-rendered row by row, so
+    the verdicts are the same as rendering every row alone."""
+    from gymtrl.models import load_chat_tokenizer
+    from gymtrl.stages.convert import render_errors, renders
+
+    tok = load_chat_tokenizer(tiny_model_dir)
+    tok.chat_template = ("{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('no boom') }}"
+                         "{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if tools %}{{ tools | length }} tools{% endif %}")
+    calc = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
+    rows = [{"messages": [{"role": "user", "content": text}], "tools": tools}
+            for text, tools in [("a", calc), ("b", calc), ("boom", calc), ("c", calc), ("d", []), ("boom", []),
+                                ("e", calc)]]
+    expected = [renders(tok, r["messages"], r["tools"]) for r in rows]
+    assert [i for i, e in enumerate(expected) if e] == [2, 5] and "no boom" in expected[2]
+    for batch in (1, 2, 3, 64):
+        assert render_errors(tok, rows, batch) == expected

@@ -44,6 +44,26 @@ def renders(tokenizer, messages: list[dict], tools: list[dict]) -> str | None:
         return f"{type(err).__name__}: {err}"[:200]
 
 
+def render_errors(tokenizer, rows: list[dict], batch: int = 64) -> list[str | None]:
+    """`renders` for many rows. Consecutive rows with the same tools are rendered in one
+    `apply_chat_template` call (a fifth cheaper per row than one call each: the call's own set-up and
+    the tools' preparation are shared); a batch that fails is rendered row by row to find the culprit."""
+    errors: list[str | None] = [None] * len(rows)
+    start = 0
+    while start < len(rows):
+        tools = rows[start]["tools"]
+        end = start + 1
+        while end < len(rows) and end - start < batch and rows[end]["tools"] == tools:
+            end += 1
+        try:
+            tokenizer.apply_chat_template([r["messages"] for r in rows[start:end]], tools=tools or None, tokenize=False)
+        except Exception:  # some row in this batch does not render: find which
+            for i in range(start, end):
+                errors[i] = renders(tokenizer, rows[i]["messages"], rows[i]["tools"])
+        start = end
+    return errors
+
+
 @dataclass(frozen=True)
 class RowContext:
     """What a worker needs to turn kept lines into encoded rows."""
@@ -53,28 +73,40 @@ class RowContext:
     merge_system: bool
 
 
-def convert_line(ctx: RowContext, origin: Line) -> tuple:
-    """One kept line -> ("row", encoded row, stats) or ("rejected", bucket, reason, detail)."""
-    parsed = parse_line(origin, ctx.merge_system)
-    if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
-        return ("rejected", parsed.bucket, parsed.reason, parsed.detail)
-    row = sft_row(parsed.conversation, ctx.fmt, parsed.task_key, parsed.reward, origin)
-    error = renders(ctx.tokenizer, row["messages"], row["tools"])
-    if error:
-        return ("rejected", "invalid", "template_error", error)
-    conv = parsed.conversation
-    stats = (
+def _row_stats(row: dict, conv: Conversation) -> tuple:
+    return (
         [m["role"] for m in row["messages"]],
         sum(len(m.get("tool_calls", [])) for m in row["messages"]),
         any(m.get("reasoning_content") for m in conv.messages),
         conv.unanswered_calls,
         conv.skipped_tools,
     )
-    return ("row", encode_row(row, SFT_COLUMNS), stats)
 
 
-def _convert_job(ctx: RowContext, job: tuple) -> list[tuple]:
-    return [convert_line(ctx, Line("", 0, offset, raw)) for offset, raw in job_lines(job)]
+def convert_lines(ctx: RowContext, lines: list[Line]) -> list[tuple]:
+    """Kept lines -> per line ("row", encoded row, stats) or ("rejected", bucket, reason, detail)."""
+    out: list[tuple] = []
+    built: list[tuple[int, dict, Conversation]] = []  # (position in out, row, conversation)
+    for origin in lines:
+        parsed = parse_line(origin, ctx.merge_system)
+        if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
+            out.append(("rejected", parsed.bucket, parsed.reason, parsed.detail))
+            continue
+        built.append((len(out), sft_row(parsed.conversation, ctx.fmt, parsed.task_key, parsed.reward, origin),
+                      parsed.conversation))
+        out.append(())
+    errors = render_errors(ctx.tokenizer, [row for _, row, _ in built])
+    for (i, row, conv), error in zip(built, errors):
+        out[i] = (("rejected", "invalid", "template_error", error) if error
+                  else ("row", encode_row(row, SFT_COLUMNS), _row_stats(row, conv)))
+    return out
+
+
+def _convert_job(ctx: RowContext, job: tuple, chunk: int = 64) -> list[tuple]:
+    lines = [Line("", 0, offset, raw) for offset, raw in job_lines(job)]
+    # A few rows at a time: holding a whole job's parsed rows alive makes Python's GC slower than
+    # the batched render saves.
+    return [r for i in range(0, len(lines), chunk) for r in convert_lines(ctx, lines[i:i + chunk])]
 
 
 def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", out_dir="data/sft",
