@@ -47,13 +47,13 @@ def resolve_workers(setting: int | str, input_bytes: int) -> int:
 _worker_job: tuple[Callable, Any] | None = None
 
 
-def _init_worker(fn: Callable, context: Any) -> None:
+def _init_worker(fn: Callable, context: Any, stage_pid: int) -> None:
     global _worker_job
     _worker_job = (fn, context)
     if sys.platform == "linux":
         # Die with the stage: a `kill -9` of the stage must not leave workers behind.
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        if os.getppid() != stage_pid:  # the stage died before prctl took effect
             os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
@@ -90,7 +90,7 @@ def ordered_map(fn: Callable[[Any, Any], R], context: Any, batches: Iterable[B],
         return
     window: deque[tuple[B, Future]] = deque()
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
-                             initargs=(fn, context)) as pool:
+                             initargs=(fn, context, os.getpid())) as pool:
         try:
             for batch in batches:
                 window.append((batch, pool.submit(_run_batch, payload(batch))))
