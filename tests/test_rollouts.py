@@ -167,3 +167,27 @@ def test_byte_ranges_split_lines_exactly_like_iter_lines(tmp_path):
     for chunk in range(1, 40):
         got = [pair for start, end in line_ranges(path, chunk) for pair in read_range(str(path), start, end)]
         assert got == expected, chunk
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_summaries_give_scans_verdicts_line_for_line(tmp_path, monkeypatch, workers):
+    """The stages use `summaries` (parallel, compact); it must say what `scan` says about every line,
+    for plain and gzip files, with byte ranges small enough that files split into many jobs."""
+    from gymtrl import rollouts
+
+    files = resolve_sources([str(FIXTURES)]).files
+    gz = tmp_path / "copy.jsonl.gz"
+    gz.write_bytes(gzip.compress(files[0].read_bytes()))
+    files = [*files, gz]
+
+    def key(item):
+        base = (item.line.source, item.line.lineno, item.line.offset)
+        if isinstance(item, Rejected):
+            return (*base, item.bucket, item.reason, item.detail)
+        return (*base, item.reward, item.task_key, item.turns)
+
+    expected = [key(item) for item in scan(files)]
+    original = rollouts.scan_jobs
+    monkeypatch.setattr(rollouts, "scan_jobs", lambda fs: original(fs, chunk_bytes=3000))
+    got = [key(item) for item in rollouts.summaries(files, workers=workers)]
+    assert got == expected and len(got) > 115
