@@ -77,23 +77,22 @@ def _pool_context():
     return multiprocessing.get_context("fork" if sys.platform == "linux" and "fork" in methods else None)
 
 
-def ordered_map(fn: Callable[[Any, Any], R], context: Any, batches: Iterable[B], workers: int,
-                payload: Callable[[B], Any] = lambda b: b) -> Iterator[tuple[B, R]]:
-    """Yields (batch, fn(context, payload(batch))) for each batch, in input order.
+def ordered_map(fn: Callable[[Any, B], R], context: Any, batches: Iterable[B],
+                workers: int) -> Iterator[tuple[B, R]]:
+    """Yields (batch, fn(context, batch)) for each batch, in input order.
 
-    `fn` must be a module-level function (workers look it up by name). `payload` picks what is sent to
-    the worker, so that the caller can keep richer objects (line numbers, offsets) to itself.
+    `fn` must be a module-level function (workers look it up by name).
     """
     if workers <= 1:
         for batch in batches:
-            yield batch, fn(context, payload(batch))
+            yield batch, fn(context, batch)
         return
     window: deque[tuple[B, Future]] = deque()
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
                              initargs=(fn, context, os.getpid())) as pool:
         try:
             for batch in batches:
-                window.append((batch, pool.submit(_run_batch, payload(batch))))
+                window.append((batch, pool.submit(_run_batch, batch)))
                 if len(window) >= 2 * workers:
                     batch, future = window.popleft()
                     yield batch, future.result()
@@ -106,7 +105,7 @@ def ordered_map(fn: Callable[[Any, Any], R], context: Any, batches: Iterable[B],
 
 
 def batched(items: Iterable[B], size_of: Callable[[B], int], max_bytes: int = 2_000_000,
-                  max_items: int = 2000) -> Iterator[list[B]]:
+            max_items: int = 2000) -> Iterator[list[B]]:
     """Groups items into batches of about `max_bytes` (and at most `max_items`)."""
     batch: list[B] = []
     nbytes = 0

@@ -70,12 +70,14 @@ class CatalogWriter:
     key, reward, turns), in input order; `<dir>/catalog.json`: the counts and the input's stamp."""
 
     def __init__(self, path: str | os.PathLike | None, files: list[Path], merge_system: bool):
-        self.path, self.stamp = path, source_stamp(files, merge_system)
+        # path None: only count (pair, when it has to read the input itself).
+        self.path, self.files, self.merge_system = path, files, merge_system
         self.counts: Counter = Counter()
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "CatalogWriter":
         if self.path is not None:
+            self.stamp = source_stamp(self.files, self.merge_system)  # before reading: the input as catalogued
             out = self._stack.enter_context(atomic_dir(self.path))
             self._f = self._stack.enter_context(open(out / "rollouts.jsonl", "wb"))
             self._meta = out / "catalog.json"

@@ -160,13 +160,12 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     if catalog is not None:
         log(f"grouping the catalog {catalog_dir} (from filter) instead of reading the rollouts again")
         meta, rows = catalog
-        plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
         counts = Counter({k: meta[k] for k in ("lines_read", "rollouts", "invalid", "duplicates")})
     else:
         tally = CatalogWriter(None, sources.files, params.convert.merge_system)
         rows = scan_rollouts(sources.files, params.convert.merge_system, workers, tally)
-        plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
-        counts = tally.counts
+        counts = tally.counts  # filled while plan_pairs reads the rows
+    plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
     with (
         # Same file system as the output: the spool can be as large as the lines the pairs use.
         tempfile.TemporaryDirectory(prefix=".gymtrl-pair-spool-", dir=_parent(out_dir)) as spool,
