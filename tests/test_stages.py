@@ -155,16 +155,20 @@ def test_inspect_cli_reports_every_fixture(workdir):
     assert "would keep 56" in text and "invalid not_json: 5" in text
 
 
+def run_data_stages(tag: str, model_dir, workers: int | str = "auto") -> str:
+    """filter, convert and pair on the fixtures into `<dir><tag>` folders; a digest of every output."""
+    p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
+    filter_stage.run(p, f"f{tag}", f"m{tag}/filter.json", catalog_dir=f"c{tag}")
+    convert.run(p, f"f{tag}", model_dir, f"sft{tag}", f"m{tag}/convert.json")
+    pair.run(p, model_dir, f"pairs{tag}", f"m{tag}/pair.json", catalog_dir=f"c{tag}")
+    return digest(*(f"{d}{tag}/{name}" for d, name in (
+        ("f", "rollouts.jsonl"), ("f", "index.jsonl"), ("f", "rejects.jsonl"), ("c", "rollouts.jsonl"),
+        ("c", "catalog.json"), ("sft", "train.parquet"), ("sft", "rejects.jsonl"), ("pairs", "train.parquet"),
+        ("m", "filter.json"), ("m", "convert.json"), ("m", "pair.json"))))
+
+
 def test_reruns_are_byte_identical(workdir, tiny_model_dir):
-    p = params(filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
-    runs = []
-    for i in range(2):
-        filter_stage.run(p, "f", "m/filter.json")
-        convert.run(p, "f", tiny_model_dir, "sft", "m/convert.json")
-        pair.run(p, tiny_model_dir, "pairs", "m/pair.json")
-        runs.append(digest("f/rollouts.jsonl", "f/index.jsonl", "f/rejects.jsonl", "sft/train.parquet",
-                           "pairs/train.parquet", "m/filter.json", "m/convert.json", "m/pair.json"))
-    assert runs[0] == runs[1]
+    assert run_data_stages("", tiny_model_dir) == run_data_stages("", tiny_model_dir)
 
 
 def test_cli_reports_bad_params_without_a_traceback(workdir):
@@ -181,14 +185,7 @@ def test_outputs_do_not_depend_on_the_worker_count(workdir, tiny_model_dir):
     for workers in (1, 2, 3):
         p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5},
                    pair={"strategy": "all_pairs"})
-        filter_stage.run(p, f"f{workers}", f"m{workers}/filter.json", catalog_dir=f"c{workers}")
-        convert.run(p, f"f{workers}", tiny_model_dir, f"sft{workers}", f"m{workers}/convert.json")
-        pair.run(p, tiny_model_dir, f"pairs{workers}", f"m{workers}/pair.json", catalog_dir=f"c{workers}")
-        runs.append(digest(*(f"{d}{workers}/{name}" for d, name in (
-            ("f", "rollouts.jsonl"), ("f", "index.jsonl"), ("f", "rejects.jsonl"), ("c", "rollouts.jsonl"),
-            ("sft", "train.parquet"), ("sft", "rejects.jsonl"), ("pairs", "train.parquet"), ("m", "filter.json"),
-            ("m", "convert.json"), ("m", "pair.json")))))
-        runs[-1] = (runs[-1], inspect.summarize([FIX], p))
+        runs.append((run_data_stages(str(workers), tiny_model_dir, workers), inspect.summarize([FIX], p)))
     assert runs[0] == runs[1] == runs[2]
 
 
@@ -273,17 +270,9 @@ def test_workers_also_work_when_started_by_spawn(workdir, tiny_model_dir, monkey
 
     from gymtrl import parallel
 
-    def run_all(tag: str) -> str:
-        p = params(data={"rollouts": FIX, "workers": 2}, filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
-        filter_stage.run(p, f"f{tag}", f"m{tag}/filter.json", catalog_dir=f"c{tag}")
-        convert.run(p, f"f{tag}", tiny_model_dir, f"sft{tag}", f"m{tag}/convert.json")
-        pair.run(p, tiny_model_dir, f"pairs{tag}", f"m{tag}/pair.json", catalog_dir=f"c{tag}")
-        return digest(f"f{tag}/rollouts.jsonl", f"c{tag}/rollouts.jsonl", f"sft{tag}/train.parquet",
-                      f"pairs{tag}/train.parquet", f"m{tag}/filter.json", f"m{tag}/convert.json", f"m{tag}/pair.json")
-
-    forked = run_all("fork")
+    forked = run_data_stages("fork", tiny_model_dir, workers=2)
     monkeypatch.setattr(parallel, "_pool_context", lambda: multiprocessing.get_context("spawn"))
-    assert run_all("spawn") == forked
+    assert run_data_stages("spawn", tiny_model_dir, workers=2) == forked
 
 
 def test_batched_render_check_finds_exactly_the_rows_a_template_rejects(tiny_model_dir):
