@@ -24,12 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
+from gymtrl.stages.train import SFT_DEFAULTS  # noqa: E402  (light: TRL is imported inside functions)
+
 MODEL = ROOT / "models" / "base"
 DATA = ROOT / "data" / "sft" / "train.parquet"
-# The train stage's SFT settings (params.yaml + SFT_DEFAULTS), written out for the bare script.
-SETTINGS = {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "warmup_steps": 5, "per_device_train_batch_size": 8,
-            "gradient_accumulation_steps": 1, "max_length": 512, "assistant_only_loss": True,
-            "gradient_checkpointing": False, "num_train_epochs": 1, "seed": 0}
+# The train stage's own SFT settings (SFT_DEFAULTS, as `ours` below runs it) for the bare script, minus
+# checkpointing and logging, which the bare script sets itself.
+SETTINGS = {**{k: v for k, v in SFT_DEFAULTS.items() if k not in ("logging_steps", "save_steps", "save_total_limit")},
+            "num_train_epochs": 1, "seed": 0}
 
 
 def ours(examples: int, out: Path) -> dict:
