@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from conftest import fixture
-from gymtrl.chat import ChatFormat, format_messages, to_conversation
+from gymtrl.chat import ChatFormat, alnum9, format_messages, split_think, to_conversation
 from gymtrl.rollouts import iter_lines, parse_line
 from gymtrl.templates import probe_arguments, probe_format, probe_reasoning, supports_tools
 
@@ -141,7 +141,7 @@ def test_probes_decide_per_template(embedded_tokenizer):
     from gymtrl.models import EMBEDDED_GGUF, embedded_dir
 
     assert supports_tools(embedded_tokenizer)
-    assert probe_arguments(embedded_tokenizer) == "dict" and probe_reasoning(embedded_tokenizer) == "field"
+    assert probe_arguments(embedded_tokenizer) == "dict" and probe_reasoning(embedded_tokenizer) == "reasoning_content"
     assert not supports_tools(AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF))  # SmolLM2's own
     plain = "{% for m in messages %}{{ m.role }}:{{ m.content }}{% for tc in m.tool_calls or [] %}<{{ tc.function.name }} {{ tc.function.arguments }}>{% endfor %}\n{% endfor %}"
     embedded_tokenizer_copy = _with_template(embedded_tokenizer, plain)
@@ -159,3 +159,42 @@ def _with_template(tokenizer, template):
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = template
     return tok
+
+
+def test_inline_think_blocks_become_reasoning():
+    assert split_think("<think>a</think>x <think>b</think>y") == (["a", "b"], "x y")
+    assert split_think("plan</think>answer") == (["plan"], "answer")  # the prompt opened the block
+    assert split_think("no thoughts") == ([], "no thoughts")
+    record = {"responses_create_params": {"input": "q"}, "reward": 1.0,
+              "response": {"output": [
+                  {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "<think>one</think>Let me add."}]},
+                  {"type": "function_call", "call_id": "c1", "name": "add", "arguments": "{}"},
+                  {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "<think>two</think>"}]},
+                  {"type": "function_call_output", "call_id": "c1", "output": "3"},
+                  {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "<think>three</think>Answer: 3"}]}]}}
+    conv = to_conversation(record)
+    # Every block is kept, in the reasoning field the template renders, none left for a template to cut.
+    assert conv.messages[1]["reasoning_content"] == "one\ntwo" and conv.messages[1]["content"] == "Let me add."
+    assert conv.messages[3] == {"role": "assistant", "content": "Answer: 3", "reasoning_content": "three"}
+
+
+def test_call_ids_parallel_calls_and_text_beside_calls_adapt_to_the_template():
+    conv = rollout("aviary", 2).conversation  # two calls in one turn
+    parallel = next(i for i, m in enumerate(conv.messages) if len(m.get("tool_calls", [])) > 1)
+    calls = conv.messages[parallel]["tool_calls"]
+    split = format_messages(conv.messages, ChatFormat(parallel_calls="split", call_ids="alnum9"))
+    # One call per assistant message, each followed by its own output, ids remapped the same way in both.
+    window = split[parallel:parallel + 2 * len(calls)]
+    assert [m["role"] for m in window] == ["assistant", "tool"] * len(calls)
+    for k, call in enumerate(calls):
+        new_id = window[2 * k]["tool_calls"][0]["id"]
+        assert new_id == alnum9(call["id"]) == window[2 * k + 1]["tool_call_id"]
+        assert len(new_id) == 9 and new_id.isalnum()
+    assert len(split) == len(conv.messages) + len(calls) - 1
+    assert alnum9("call_a") != alnum9("call_b") and alnum9("call_a") == alnum9("call_a")
+    msgs = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "text", "reasoning_content": "why",
+             "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+    merged = format_messages(msgs, ChatFormat(reasoning="field", reasoning_field="thinking", call_text="reasoning"))
+    assert merged[1]["thinking"] == "why\n\ntext" and merged[1]["content"] == ""
+    assert ChatFormat(empty_tools="list").tools_arg([]) == [] and ChatFormat().tools_arg([]) is None

@@ -235,11 +235,12 @@ def test_stored_template_probe_is_used_only_while_the_template_is_unchanged(tmp_
     write_chat_format(tok, d)
     assert chat_format(d) == probe_format(tok) and chat_format(d, arguments="string").arguments == "string"
     stored = orjson.loads((d / CHAT_FORMAT_FILE).read_bytes())
-    (d / CHAT_FORMAT_FILE).write_bytes(orjson.dumps({**stored, "reasoning": "think"}))
+    assert stored["stop_tokens"] == ["<|im_end|>"]
+    (d / CHAT_FORMAT_FILE).write_bytes(orjson.dumps({**stored, "format": {**stored["format"], "reasoning": "think"}}))
     assert chat_format(d).reasoning == "think"  # the stored answer is what is read...
     (d / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     changed = chat_format(d)  # ...until the template changes: then it is probed again
-    assert changed == probe_format(load_tokenizer(d)) and changed.arguments == "string" != stored["arguments"]
+    assert changed == probe_format(load_tokenizer(d)) and changed.arguments == "string" != stored["format"]["arguments"]
 
 
 def test_pairs_from_gzip_input_equal_those_from_the_plain_file(workdir, tiny_model_dir):
@@ -277,9 +278,11 @@ def test_workers_also_work_when_started_by_spawn(workdir, tiny_model_dir, monkey
 
 def test_batched_render_check_finds_exactly_the_rows_a_template_rejects(tiny_model_dir):
     """convert renders rows sharing tools in one call; a failing batch is re-rendered row by row, so
-    the verdicts are the same as rendering every row alone."""
+    the texts and errors are the same as rendering every row alone."""
+    from gymtrl.chat import ChatFormat
     from gymtrl.models import load_chat_tokenizer
-    from gymtrl.stages.convert import render_errors, renders
+    from gymtrl.stages.convert import render_rows
+    from gymtrl.templates import render
 
     tok = load_chat_tokenizer(tiny_model_dir)
     tok.chat_template = ("{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('no boom') }}"
@@ -289,7 +292,17 @@ def test_batched_render_check_finds_exactly_the_rows_a_template_rejects(tiny_mod
     rows = [{"messages": [{"role": "user", "content": text}], "tools": tools}
             for text, tools in [("a", calc), ("b", calc), ("boom", calc), ("c", calc), ("d", []), ("boom", []),
                                 ("e", calc)]]
-    expected = [renders(tok, r["messages"], r["tools"]) for r in rows]
-    assert [i for i, e in enumerate(expected) if e] == [2, 5] and "no boom" in expected[2]
+    fmt = ChatFormat()
+
+    def alone(row):
+        try:
+            return render(tok, row["messages"], row["tools"], fmt)
+        except Exception as err:
+            return f"error: {err}"
+
+    expected = [alone(r) for r in rows]
+    assert [i for i, e in enumerate(expected) if e.startswith("error")] == [2, 5] and "no boom" in expected[2]
+    assert expected[0] == "user: a\n1 tools" and expected[4] == "user: d\n"
     for batch in (1, 2, 3, 64):
-        assert render_errors(tok, rows, batch) == expected
+        got = [t if isinstance(t, str) else f"error: {t}" for t in render_rows(tok, rows, fmt, batch)]
+        assert got == expected

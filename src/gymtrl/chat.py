@@ -10,6 +10,8 @@ reasoning in `reasoning_content`); `format_messages` then shapes them for one ch
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -92,6 +94,28 @@ def flatten_output(output: Any) -> list:
     return [item for step in output for item in step]
 
 
+_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def split_think(text: str) -> tuple[list[str], str]:
+    """Assistant text -> (its `<think>` blocks' contents, the text without them).
+
+    Also takes a leading `...</think>` with no opening tag: templates such as DeepSeek-R1's put `<think>`
+    into the generation prompt, so the model's output starts inside the block.
+    """
+    if "</think>" not in text:
+        return [], text
+    thoughts: list[str] = []
+    head, sep, tail = text.partition("</think>")
+    if "<think>" not in head:
+        thoughts.append(head.strip())
+        text = tail
+    for m in _THINK_BLOCK.finditer(text):
+        thoughts.append(m.group(1).strip())
+    text = _THINK_BLOCK.sub("", text)
+    return [t for t in thoughts if t], text.strip() if thoughts else text
+
+
 @dataclass
 class Conversation:
     messages: list[dict]
@@ -147,9 +171,7 @@ class _Builder:
             if not text and item.get("content"):
                 text = content_text(item["content"])
             if text:
-                msg = self.assistant()
-                prev = msg.get("reasoning_content")
-                msg["reasoning_content"] = f"{prev}\n{text}" if prev else text
+                self._reasoning(text)
         elif kind == "function_call":
             self._call(item)
         elif kind == "function_call_output":
@@ -157,10 +179,20 @@ class _Builder:
         else:
             raise ConversionError("unsupported_item", f"item type {kind!r}")
 
+    def _reasoning(self, text: str) -> None:
+        msg = self.assistant()
+        prev = msg.get("reasoning_content")
+        msg["reasoning_content"] = f"{prev}\n{text}" if prev else text
+
     def _message(self, item: dict) -> None:
         role = item.get("role")
         text = content_text(item.get("content"))
         if role == "assistant":
+            # Raw `<think>` blocks (a server without a reasoning parser) are reasoning, not answer text:
+            # left in the content, templates that split on `</think>` keep only the last one.
+            thoughts, text = split_think(text)
+            for thought in thoughts:
+                self._reasoning(thought)
             msg = self.assistant()
             msg["content"] += text
         elif role in ("user", "system", "developer"):
@@ -304,25 +336,98 @@ def to_conversation(record: dict, merge_system: bool = True) -> Conversation:
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """How one chat template wants tool-call arguments and reasoning."""
+    """How one chat template wants a conversation, decided by probing it (templates.py), never by name.
+
+    - arguments: tool-call arguments as a dict (templates that `tojson` or iterate them) or the JSON string.
+    - reasoning: in a message field (`reasoning_field`: `reasoning_content`, `thinking`, ...), inline as
+      `<think>` text before the content, or dropped (convert.reasoning=drop).
+    - call_ids: kept, or remapped to 9 alphanumerics (Mistral's templates raise on any other id).
+    - parallel_calls: native, or split into one call per assistant message, each followed by its own
+      output (templates that render only the first call of a message, or raise on more than one).
+    - empty_tools: what a row without tool definitions passes as `tools`: None, or [] for templates that
+      choose their tool-use variant by `tools is not None` (Hermes: its default variant ignores calls).
+    - tool_schemas: whether the template shows tool definitions at all; where it does not, the model
+      never sees them at inference either, so they are not expected in the training text.
+    - call_text: text beside tool calls kept as text, or appended to the reasoning field for templates
+      that render both as one channel and refuse both at once (gpt-oss: content of a call is analysis).
+    - consistent: whether the template renders each turn's history the same as it renders the prompt
+      at that turn (ChatML, Llama); where not (Qwen3 renders an empty think block only on the last
+      turn, gpt-oss hides earlier analysis), convert cuts every row into its training samples.
+    """
 
     arguments: Literal["dict", "string"] = "dict"
     reasoning: Literal["field", "think", "drop"] = "field"
+    reasoning_field: str = "reasoning_content"
+    call_ids: Literal["keep", "alnum9"] = "keep"
+    parallel_calls: Literal["native", "split"] = "native"
+    empty_tools: Literal["none", "list"] = "none"
+    tool_schemas: bool = True  # False: the template never shows tool definitions (DeepSeek V3.x)
+    call_text: Literal["native", "reasoning"] = "native"
+    consistent: bool = True  # every turn trains inside the one full render (else rows are cut per turn)
+
+    def tools_arg(self, tools: list[dict] | None) -> list[dict] | None:
+        """The `tools` argument for apply_chat_template: one rule for convert, train and evaluate."""
+        if tools:
+            return tools
+        return [] if self.empty_tools == "list" else None
+
+
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def alnum9(call_id: str) -> str:
+    """A call id as 9 alphanumerics, deterministic (the same id maps the same way in call and output)."""
+    n = int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+    return "".join(_ALNUM[(n >> (6 * k)) % 62] for k in range(9))
+
+
+def _split_parallel(messages: list[dict]) -> list[dict]:
+    """An assistant message with several calls -> one message per call, each followed by its output."""
+    out: list[dict] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        calls = m.get("tool_calls") or []
+        if m["role"] != "assistant" or len(calls) < 2:
+            out.append(m)
+            i += 1
+            continue
+        j = i + 1
+        outputs: dict[str, list[dict]] = {}
+        while j < len(messages) and messages[j]["role"] == "tool":
+            outputs.setdefault(messages[j].get("tool_call_id"), []).append(messages[j])
+            j += 1
+        for k, call in enumerate(calls):
+            part = {key: v for key, v in m.items() if key != "tool_calls"} if k == 0 else {"role": "assistant", "content": ""}
+            part["tool_calls"] = [call]
+            out.append(part)
+            out.extend(outputs.pop(call.get("id"), []))
+        out.extend(t for ts in outputs.values() for t in ts)  # outputs of no call here: kept, in order
+        i = j
+    return out
 
 
 def format_messages(messages: list[dict], fmt: ChatFormat) -> list[dict]:
+    """Canonical messages (see the module doc) -> the shape `fmt`'s template renders faithfully."""
     out = []
     for m in messages:
         m = dict(m)
         reasoning = m.pop("reasoning_content", None)
         if reasoning and fmt.reasoning == "field":
-            m["reasoning_content"] = reasoning
+            if fmt.call_text == "reasoning" and m.get("tool_calls") and m["content"]:
+                reasoning, m["content"] = f"{reasoning}\n\n{m['content']}", ""
+            m[fmt.reasoning_field] = reasoning
         elif reasoning and fmt.reasoning == "think":
             m["content"] = f"<think>\n{reasoning}\n</think>\n{m['content']}"
-        if "tool_calls" in m and fmt.arguments == "dict":
-            m["tool_calls"] = [
-                {**tc, "function": {**tc["function"], "arguments": orjson.loads(tc["function"]["arguments"] or "{}")}}
-                for tc in m["tool_calls"]
-            ]
+        if "tool_calls" in m:
+            calls = []
+            for tc in m["tool_calls"]:
+                fn = tc["function"]
+                if fmt.arguments == "dict":
+                    fn = {**fn, "arguments": orjson.loads(fn["arguments"] or "{}")}
+                calls.append({**tc, "id": alnum9(tc["id"]) if fmt.call_ids == "alnum9" else tc["id"], "function": fn})
+            m["tool_calls"] = calls
+        if m["role"] == "tool" and fmt.call_ids == "alnum9" and m.get("tool_call_id"):
+            m["tool_call_id"] = alnum9(m["tool_call_id"])
         out.append(m)
-    return out
+    return _split_parallel(out) if fmt.parallel_calls == "split" else out

@@ -147,30 +147,43 @@ def _template_digest(model_dir: Path) -> str:
 
 def write_chat_format(tokenizer, model_dir: str | os.PathLike) -> None:
     """Stores the template probe's answer next to the tokenizer files it was probed from."""
-    from .templates import probe_arguments, probe_reasoning
+    import dataclasses
+
+    from .templates import probe_format, stop_tokens
 
     write_json(Path(model_dir) / CHAT_FORMAT_FILE, {"template_sha256": _template_digest(Path(model_dir)),
-                                                   "arguments": probe_arguments(tokenizer),
-                                                   "reasoning": probe_reasoning(tokenizer)})
+                                                   "format": dataclasses.asdict(probe_format(tokenizer)),
+                                                   "stop_tokens": stop_tokens(tokenizer)})
 
 
 def chat_format(model_dir: str | os.PathLike, arguments: str = "auto", reasoning: str = "keep",
                 trust_remote_code: bool = False):
-    """How the model's chat template wants tool-call arguments and reasoning (see templates.probe_format).
+    """How the model's chat template wants a conversation (see templates.probe_format).
 
     Read from the base_model stage's stored probe when it matches the template files, so that a stage
     that renders nothing (pair) does not load a tokenizer for it; probed from the tokenizer otherwise.
     """
+    from dataclasses import replace
+
     from .chat import ChatFormat
     from .templates import probe_format
 
     stored = Path(model_dir) / CHAT_FORMAT_FILE
     if stored.exists():
         probe = read_json(stored)
-        if probe.get("template_sha256") == _template_digest(Path(model_dir)):
-            return ChatFormat(arguments=probe["arguments"] if arguments == "auto" else arguments,
-                              reasoning="drop" if reasoning == "drop" else probe["reasoning"])
+        if probe.get("template_sha256") == _template_digest(Path(model_dir)) and "format" in probe:
+            fmt = ChatFormat(**probe["format"])
+            if arguments != "auto":
+                fmt = replace(fmt, arguments=arguments)
+            return replace(fmt, reasoning="drop") if reasoning == "drop" else fmt
     return probe_format(load_chat_tokenizer(model_dir, trust_remote_code), arguments, reasoning)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn (templates.stop_tokens), for `generate` and generation configs."""
+    from .templates import stop_tokens
+
+    return [tokenizer.convert_tokens_to_ids(t) for t in stop_tokens(tokenizer)]
 
 
 def load_model(model_dir: str | os.PathLike, trust_remote_code: bool = False, dtype=None, device: str | None = None):

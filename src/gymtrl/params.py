@@ -62,6 +62,10 @@ class ConvertParams(_Section):
     merge_system: bool = True
     # Shape of tool-call arguments: auto = probe the model's chat template; dict / string force it.
     arguments: Literal["auto", "dict", "string"] = "auto"
+    # A row whose rendered training text misses part of the rollout (text, reasoning, a call, an output...):
+    # reject = leave it out, listed in data/sft/rejects.jsonl with the pieces it loses; keep = train on it
+    # anyway (counted in metrics/convert.json). Either way nothing is lost silently.
+    on_loss: Literal["reject", "keep"] = "reject"
 
 
 class PairParams(_Section):

@@ -221,6 +221,8 @@ def model_rollouts(model, tokenizer, tasks: list[dict], settings: GenerationSett
     import torch
 
     from ..chat import convert_tools, format_messages, prompt_messages
+    from ..models import stop_token_ids
+    from ..templates import render
 
     episodes = []
     for task in tasks:
@@ -231,15 +233,16 @@ def model_rollouts(model, tokenizer, tasks: list[dict], settings: GenerationSett
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    eos_ids = {tokenizer.eos_token_id}
+    stop_ids = stop_token_ids(tokenizer)  # every token that ends a turn in this template, eos first
+    eos_ids = set(stop_ids)
     generator_seed = settings.seed
     model.eval()
     while True:
         active = [ep for ep in episodes if not ep.done]
         if not active:
             break
-        prompts = [tokenizer.apply_chat_template(ep.messages, tools=tools or None, add_generation_prompt=True,
-                                                 tokenize=False) for ep in active]
+        # The same render as training (templates.render): the prompt is the training text's prefix.
+        prompts = [render(tokenizer, ep.messages, tools, fmt, add_generation_prompt=True) for ep in active]
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(active)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), settings.batch_size):
@@ -254,7 +257,7 @@ def model_rollouts(model, tokenizer, tasks: list[dict], settings: GenerationSett
                     **enc, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
                     temperature=settings.temperature if sampling else None,
                     top_p=settings.top_p if sampling else None, top_k=None,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
                 )
             new = out[:, enc["input_ids"].shape[1]:].tolist()
             for i, ids in zip(chunk, new):

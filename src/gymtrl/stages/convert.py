@@ -1,21 +1,26 @@
 """convert: filtered rollouts -> TRL conversational SFT dataset (`messages`, `tools`, provenance).
 
-The tool-call argument shape and how reasoning is carried are decided by probing the base model's chat
-template (templates.py). Every row is rendered through that template once, so a row the template
-cannot render is reported here instead of failing inside training.
+How a row is shaped for the base model's chat template (argument shape, reasoning, call ids, parallel
+calls) is decided by probing that template (templates.py). Every row is then rendered once and checked
+piece by piece (faithful.py): a row whose training text misses any part of the rollout is rejected with
+the pieces it loses (`convert.on_loss: reject`, the default) or kept and counted (`keep`); a row the
+template cannot render at all is reported here instead of failing inside training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import ChatFormat, Conversation, format_messages
+from ..faithful import PIECE_KINDS, TemplateMismatch, lost_pieces, pieces, training_samples
 from ..io import Columns, ParquetWriter, atomic_dir, encode_row, read_jsonl, write_json
 from ..parallel import ordered_map, resolve_workers
 from ..params import Params
 from ..rollouts import Line, Rejected, job_lines, parse_line, scan_jobs
+from ..templates import render
 from .common import RejectLog, StageError, log
 
 
@@ -35,20 +40,11 @@ def sft_row(conv: Conversation, fmt: ChatFormat, task_key: str, reward: float, l
     }
 
 
-def renders(tokenizer, messages: list[dict], tools: list[dict]) -> str | None:
-    """None when the template renders the row, else the error text."""
-    try:
-        tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False)
-        return None
-    except Exception as err:  # any template error is reported per row, with its line
-        return f"{type(err).__name__}: {err}"[:200]
-
-
-def render_errors(tokenizer, rows: list[dict], batch: int = 64) -> list[str | None]:
-    """`renders` for many rows. Consecutive rows with the same tools are rendered in one
-    `apply_chat_template` call (a fifth cheaper per row than one call each: the call's own set-up and
-    the tools' preparation are shared); a batch that fails is rendered row by row to find the culprit."""
-    errors: list[str | None] = [None] * len(rows)
+def render_rows(tokenizer, rows: list[dict], fmt: ChatFormat, batch: int = 64) -> list[str | Exception]:
+    """Each row's training text, or the template's error. Consecutive rows with the same tools are
+    rendered in one `apply_chat_template` call (a fifth cheaper per row than one call each: the call's
+    own set-up and the tools' preparation are shared); a batch that fails is rendered row by row."""
+    out: list[str | Exception] = []
     start = 0
     while start < len(rows):
         tools = rows[start]["tools"]
@@ -56,12 +52,16 @@ def render_errors(tokenizer, rows: list[dict], batch: int = 64) -> list[str | No
         while end < len(rows) and end - start < batch and rows[end]["tools"] == tools:
             end += 1
         try:
-            tokenizer.apply_chat_template([r["messages"] for r in rows[start:end]], tools=tools or None, tokenize=False)
+            out.extend(tokenizer.apply_chat_template([r["messages"] for r in rows[start:end]],
+                                                     tools=fmt.tools_arg(tools), tokenize=False))
         except Exception:  # some row in this batch does not render: find which
-            for i in range(start, end):
-                errors[i] = renders(tokenizer, rows[i]["messages"], rows[i]["tools"])
+            for row in rows[start:end]:
+                try:
+                    out.append(render(tokenizer, row["messages"], row["tools"], fmt))
+                except Exception as err:  # any template error is reported per row, with its line
+                    out.append(err)
         start = end
-    return errors
+    return out
 
 
 @dataclass(frozen=True)
@@ -71,38 +71,81 @@ class RowContext:
     tokenizer: object
     fmt: ChatFormat
     merge_system: bool
+    on_loss: str  # reject | keep
 
 
-def _row_stats(row: dict, conv: Conversation) -> tuple:
-    return (
-        [m["role"] for m in row["messages"]],
-        sum(len(m.get("tool_calls", [])) for m in row["messages"]),
-        any(m.get("reasoning_content") for m in conv.messages),
-        conv.unanswered_calls,
-        conv.skipped_tools,
-    )
+@dataclass(frozen=True)
+class RowStats:
+    roles: list[str]
+    tool_calls: int
+    with_reasoning: bool
+    unanswered_calls: int
+    skipped_tools: int
+    lost: dict[str, int]  # pieces of the rollout the training text does not hold, by kind
+    samples: int  # training texts the row gives (more than one where the template rewrites history)
 
 
-def convert_lines(ctx: RowContext, lines: list[Line]) -> list[tuple]:
-    """Kept lines -> per line ("row", encoded row, stats) or ("rejected", bucket, reason, detail)."""
-    out: list[tuple] = []
+@dataclass(frozen=True)
+class Converted:
+    """A worker's verdict on one kept line: an encoded row, or why it was not converted."""
+
+    row: dict | None = None
+    stats: RowStats | None = None
+    rejected: tuple[str, str, str] | None = None  # (bucket, reason, detail)
+    lost: dict[str, int] | None = None  # on a row rejected for lost content
+
+
+def check_row(tokenizer, row: dict, conv: Conversation, fmt: ChatFormat, text: str) -> tuple[dict[str, int], int]:
+    """Pieces of the rollout missing from its training text(s), by kind, and how many texts it trains as.
+    Under a consistent template the row's full render is checked, and only a row that misses something
+    there is cut into the samples training will use (faithful.training_samples), which can hold what the
+    full text rewrote; other templates' rows are always cut (3 renders a turn), so that every row convert
+    keeps can be trained."""
+    wanted = pieces(conv, fmt)
+    lost = lost_pieces([text], wanted) if fmt.consistent else True
+    if not lost:
+        return {}, 1
+    samples = training_samples(tokenizer, row["messages"], row["tools"], fmt, text)
+    return dict(sorted(lost_pieces([x.text for x in samples], wanted).items())), len(samples)
+
+
+def _verdict(ctx: RowContext, row: dict, conv: Conversation, text) -> Converted:
+    if isinstance(text, Exception):
+        return Converted(rejected=("invalid", "template_error", f"{type(text).__name__}: {text}"[:200]))
+    try:
+        lost, samples = check_row(ctx.tokenizer, row, conv, ctx.fmt, text)
+    except TemplateMismatch as err:
+        return Converted(rejected=("invalid", "template_mismatch", str(err)[:200]))
+    except Exception as err:  # rendering a prefix of the row failed
+        return Converted(rejected=("invalid", "template_error", f"{type(err).__name__}: {err}"[:200]))
+    if lost and ctx.on_loss == "reject":
+        detail = ", ".join(f"{n} {kind}" for kind, n in lost.items()) + " not in the rendered text"
+        return Converted(rejected=("dropped", "content_lost", detail), lost=lost)
+    stats = RowStats([m["role"] for m in row["messages"]], sum(len(m.get("tool_calls", [])) for m in row["messages"]),
+                     any(m.get("reasoning_content") for m in conv.messages), conv.unanswered_calls,
+                     conv.skipped_tools, lost, samples)
+    return Converted(row=encode_row(row, SFT_COLUMNS), stats=stats)
+
+
+def convert_lines(ctx: RowContext, lines: list[Line]) -> list[Converted]:
+    """Kept lines -> one verdict per line, in order."""
+    out: list[Converted | None] = []
     built: list[tuple[int, dict, Conversation]] = []  # (position in out, row, conversation)
     for origin in lines:
         parsed = parse_line(origin, ctx.merge_system)
         if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
-            out.append(("rejected", parsed.bucket, parsed.reason, parsed.detail))
+            out.append(Converted(rejected=(parsed.bucket, parsed.reason, parsed.detail)))
             continue
         built.append((len(out), sft_row(parsed.conversation, ctx.fmt, parsed.task_key, parsed.reward, origin),
                       parsed.conversation))
-        out.append(())
-    errors = render_errors(ctx.tokenizer, [row for _, row, _ in built])
-    for (i, row, conv), error in zip(built, errors):
-        out[i] = (("rejected", "invalid", "template_error", error) if error
-                  else ("row", encode_row(row, SFT_COLUMNS), _row_stats(row, conv)))
+        out.append(None)
+    texts = render_rows(ctx.tokenizer, [row for _, row, _ in built], ctx.fmt)
+    for (i, row, conv), text in zip(built, texts):
+        out[i] = _verdict(ctx, row, conv, text)
     return out
 
 
-def _convert_job(ctx: RowContext, job: tuple, chunk: int = 64) -> list[tuple]:
+def _convert_job(ctx: RowContext, job: tuple, chunk: int = 64) -> list[Converted]:
     lines = [Line("", 0, offset, raw) for offset, raw in job_lines(job)]
     # A few rows at a time: holding a whole job's parsed rows alive makes Python's GC slower than
     # the batched render saves.
@@ -111,16 +154,18 @@ def _convert_job(ctx: RowContext, job: tuple, chunk: int = 64) -> list[tuple]:
 
 def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", out_dir="data/sft",
         metrics_path="metrics/convert.json") -> dict:
-    from ..models import load_chat_tokenizer
-    from ..templates import probe_format
+    from ..models import chat_format, load_chat_tokenizer
 
     tokenizer = load_chat_tokenizer(model_dir, params.model.trust_remote_code)
-    fmt = probe_format(tokenizer, params.convert.arguments, params.convert.reasoning)
-    log(f"chat format for {model_dir}: arguments as {fmt.arguments}, reasoning as {fmt.reasoning}")
+    fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
+    log(f"chat format for {model_dir}: {fmt}")
+    if not fmt.tool_schemas:
+        log("convert: this chat template never shows tool definitions; the model sees none at inference either")
     filtered = Path(filtered_dir)
     roles: Counter = Counter()
     stats: Counter = Counter()
-    ctx = RowContext(tokenizer, fmt, params.convert.merge_system)
+    lost: Counter = Counter()
+    ctx = RowContext(tokenizer, fmt, params.convert.merge_system, params.convert.on_loss)
     workers = resolve_workers(params.data.workers, (filtered / "rollouts.jsonl").stat().st_size)
     with (
         atomic_dir(out_dir) as out,
@@ -139,30 +184,44 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
                 if entry is None:
                     raise mismatch
                 origin = Line(entry["source"], entry["line"], 0, b"")
-                if result[0] == "rejected":
-                    rejects.add(Rejected(origin, *result[1:]))
-                    stats["invalid" if result[2] != "template_error" else "template_error"] += 1
+                if result.rejected:
+                    rejects.add(Rejected(origin, *result.rejected))
+                    reason = result.rejected[1]
+                    stats[reason if reason in ("template_error", "template_mismatch", "content_lost") else "invalid"] += 1
+                    lost.update(result.lost or {})
+                    stats["rows_with_loss"] += bool(result.lost)
                     continue
-                _, row, (row_roles, tool_calls, with_reasoning, unanswered, skipped) = result
+                row, st = result.row, result.stats
                 row["source"], row["line"] = origin.source, origin.lineno
                 writer.write_encoded(row)
                 stats["rows"] += 1
-                roles.update(row_roles)
-                stats["tool_calls"] += tool_calls
-                stats["with_reasoning"] += with_reasoning
-                stats["unanswered_tool_calls"] += unanswered
-                stats["skipped_tools"] += skipped
+                roles.update(st.roles)
+                stats["tool_calls"] += st.tool_calls
+                stats["with_reasoning"] += st.with_reasoning
+                stats["unanswered_tool_calls"] += st.unanswered_calls
+                stats["skipped_tools"] += st.skipped_tools
+                stats["rows_with_loss"] += bool(st.lost)
+                stats["rows_split"] += st.samples > 1
+                lost.update(st.lost)
         if next(index, None) is not None:
             raise mismatch
         if stats["rows"] == 0:
             raise StageError(f"convert: no row written from {filtered}/rollouts.jsonl; see {out_dir}/rejects.jsonl")
+    if lost:
+        verb = "rejected" if params.convert.on_loss == "reject" else "kept anyway (convert.on_loss=keep)"
+        log(f"convert: {stats['rows_with_loss']} row(s) lose content in {model_dir}'s chat template, {verb}: "
+            f"{dict(sorted(lost.items()))}; see {out_dir}/rejects.jsonl")
     m = {
         "rows": stats["rows"],
         "arguments_format": fmt.arguments,
-        "reasoning_format": fmt.reasoning,
+        "reasoning_format": fmt.reasoning_field if fmt.reasoning == "field" else fmt.reasoning,
+        "chat_format": dataclasses.asdict(fmt),
+        "on_loss": params.convert.on_loss,
+        "lost_pieces": {k: lost[k] for k in PIECE_KINDS},
         "messages_by_role": dict(sorted(roles.items())),
         **{k: stats[k] for k in ("tool_calls", "with_reasoning", "unanswered_tool_calls", "skipped_tools",
-                                 "template_error", "invalid")},
+                                 "rows_with_loss", "rows_split", "content_lost", "template_error",
+                                 "template_mismatch", "invalid")},
     }
     write_json(metrics_path, m)
     return m

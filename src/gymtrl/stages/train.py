@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_dir, dumps, exact_json_decoding, read_json, write_json
@@ -113,20 +114,8 @@ def load_rows(path: Path, kind: str, max_examples: int | None):
     return ds
 
 
-def length_report(tokenizer, ds, kind: str, max_length: int | None) -> dict:
+def _length_summary(lengths: list[int], kind: str, max_length: int | None) -> dict:
     """Token lengths before training: fails when nothing fits, reports how many get truncated."""
-    lengths = []
-    for row in ds:
-        tools = row.get("tools") or None
-        if kind == "sft":
-            ids = tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=True)
-            lengths.append(len(ids if isinstance(ids, list) else ids["input_ids"]))
-        else:
-            longest = 0
-            for side in ("chosen", "rejected"):
-                ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tools=tools, tokenize=True)
-                longest = max(longest, len(ids if isinstance(ids, list) else ids["input_ids"]))
-            lengths.append(longest)
     if not lengths:
         raise _empty(kind)
     over = sum(1 for n in lengths if max_length and n > max_length)
@@ -138,6 +127,56 @@ def length_report(tokenizer, ds, kind: str, max_length: int | None) -> dict:
             f"and will be truncated")
     return {"examples": len(lengths), "tokens": sum(min(n, max_length or n) for n in lengths),
             "truncated": over, "max_tokens": max(lengths)}
+
+
+def length_report(tokenizer, ds, max_length: int | None, fmt) -> dict:
+    """DPO rows: the longer side of each pair, rendered as training will."""
+    from ..templates import render
+
+    lengths = []
+    for row in ds:
+        longest = 0
+        for side in ("chosen", "rejected"):
+            text = render(tokenizer, row["prompt"] + row[side], row.get("tools"), fmt)
+            longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        lengths.append(longest)
+    return _length_summary(lengths, "dpo", max_length)
+
+
+@dataclass
+class SftData:
+    dataset: object  # datasets.Dataset of input_ids + assistant_masks
+    lengths: dict
+    assistant_only: bool
+
+
+def sft_dataset(tokenizer, rows, fmt, assistant_only: bool, max_length: int | None) -> SftData:
+    """Conversational rows -> tokenized training samples with the assistant-only mask (faithful.py).
+
+    We tokenize instead of TRL so that the mask comes from the rendered text itself, for any template:
+    TRL's own `assistant_only_loss` needs `{% generation %}` markers, which only templates it recognises
+    by their exact text get. TRL builds labels from the `assistant_masks` column of a tokenized dataset.
+    """
+    from datasets import Dataset
+
+    from ..faithful import TemplateMismatch, tokenize_sample, training_samples
+
+    encoded, skipped = [], 0
+    for row in rows:
+        try:
+            samples = training_samples(tokenizer, row["messages"], row["tools"], fmt)
+        except TemplateMismatch as err:  # convert rejects these; a hand-edited dataset may still have them
+            skipped += 1
+            log(f"train: skipping row {row.get('source')}:{row.get('line')}: {err}")
+            continue
+        encoded.extend(tokenize_sample(tokenizer, sample, assistant_only) for sample in samples)
+    if not encoded:
+        raise _empty("sft")
+    lengths = [len(e["input_ids"]) for e in encoded]
+    report = _length_summary(lengths, "sft", max_length)
+    report.update({"rows": len(rows) - skipped, "rows_skipped": skipped,
+                   "assistant_tokens": sum(sum(e["assistant_masks"][:max_length or None]) for e in encoded)})
+    return SftData(Dataset.from_list(encoded), report, assistant_only)
 
 
 def _peft_config(params: Params):
@@ -157,7 +196,7 @@ def _live_callback(live_dir: Path, phase: str):
     return DVCLiveCallback(live=Live(dir=str(live_dir / phase), save_dvc_exp=False, dvcyaml=None))
 
 
-def _train_phase(kind: str, params: Params, model, tokenizer, data: Path, ckpt_dir: Path, live_dir: Path,
+def _train_phase(kind: str, params: Params, model, tokenizer, fmt, data: Path, ckpt_dir: Path, live_dir: Path,
                  device: str) -> tuple[object, dict]:
     from trl import DPOTrainer, SFTTrainer
 
@@ -167,7 +206,13 @@ def _train_phase(kind: str, params: Params, model, tokenizer, data: Path, ckpt_d
     peft_config = _peft_config(params)
     trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
     with exact_json_decoding():  # the trainer tokenizes (reads every row) while it is built
-        lengths = length_report(tokenizer, ds, kind, config.max_length)
+        if kind == "sft":
+            sft = sft_dataset(tokenizer, ds, fmt, bool(config.assistant_only_loss), config.max_length)
+            # Our mask is in the data (`assistant_masks`); TRL's own flag would demand generation markers.
+            config.assistant_only_loss = False
+            ds, lengths = sft.dataset, {**sft.lengths, "assistant_only_loss": sft.assistant_only}
+        else:
+            lengths = length_report(tokenizer, ds, config.max_length, fmt)
         trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
                               peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)])
     last = _last_checkpoint(ckpt_dir / kind)
@@ -219,7 +264,7 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
         metrics_path="metrics/train.json") -> dict:
     import torch
 
-    from ..models import load_model, load_tokenizer, pick_device
+    from ..models import chat_format, load_model, load_tokenizer, pick_device, stop_token_ids
 
     method = params.train.method
     phases = {"sft": ["sft"], "dpo": ["dpo"], "sft+dpo": ["sft", "dpo"]}[method]
@@ -241,15 +286,19 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
 
     torch.manual_seed(params.train.seed)
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
+    fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
     model = load_model(model_dir, params.model.trust_remote_code, device="cpu")
     metrics: dict = {"method": method, "device": device, "fingerprint": fingerprint, **precision(device)}
     for kind in phases:
         log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']})")
-        model, m = _train_phase(kind, params, model, tokenizer, data[kind], ckpt_dir, live_dir, device)
+        model, m = _train_phase(kind, params, model, tokenizer, fmt, data[kind], ckpt_dir, live_dir, device)
         metrics[kind] = m
     if not main_process:
         return metrics
     base_info = read_json(Path(model_dir) / "base_info.json") if (Path(model_dir) / "base_info.json").exists() else {}
+    # Generation stops on every token that ends an assistant turn in this template (Llama 3: <|eot_id|>
+    # beside its eos; gpt-oss: <|call|> beside <|return|>), so the trained model stops where it should.
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     with atomic_dir(out_dir) as out:
         model.to("cpu").to(torch.float32).save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
