@@ -55,20 +55,20 @@ def main() -> None:
                                   ("tools=[]", fmt.empty_tools == "list"), ("text beside calls -> reasoning", fmt.call_text == "reasoning"),
                                   ("no tool schemas", not fmt.tool_schemas)) if v]
         results.append({"family": family.name, "template": "fallback (ChatML, model's eos)" if fallback else "native",
-                        "reasoning": fmt.reasoning_field if fmt.reasoning == "field" else "inline <think>",
+                        "reasoning": f"`{fmt.reasoning_field}`" if fmt.reasoning == "field" else "inline `<think>`",
                         "adapted": adapted, "rows": len(rollouts), "kept": len(rollouts) - sum(reasons.values()),
                         "rows_split": split, "rejected": dict(reasons), "lost_in_rejected": dict(lost)})
         r = results[-1]
         print(f"{r['family']:<36} {r['template']:<8} kept {r['kept']:>3}/{r['rows']} split {split:>3} "
               f"rejected {dict(reasons)} lost {dict(lost)} {adapted}", file=sys.stderr, flush=True)
     (ROOT / "benchmarks" / "families.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print("| family (template file) | template used | reasoning as | adapted | kept / 105 | rejected (why) |")
-    print("|---|---|---|---|---|---|")
+    print("| family (template file) | template used | reasoning as | adapted | kept / 105 | cut per turn | rejected (why) |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         why = ", ".join(f"{n} {k}" + (f" ({', '.join(f'{v} {x}' for x, v in r['lost_in_rejected'].items())})"
                                       if k == "content_lost" else "") for k, n in r["rejected"].items()) or "–"
         print(f"| {r['family']} | {r['template']} | {r['reasoning']} | {', '.join(r['adapted']) or '–'} | "
-              f"{r['kept']} ({100 * r['kept'] / r['rows']:.0f}%) | {why} |")
+              f"{r['kept']} ({100 * r['kept'] / r['rows']:.0f}%) | {r['rows_split']} | {why} |")
 
 
 if __name__ == "__main__":

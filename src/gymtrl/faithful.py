@@ -22,6 +22,8 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
 
 import orjson
 
@@ -32,89 +34,125 @@ PIECE_KINDS = ("system", "user", "environment", "assistant_text", "reasoning", "
                "tool_schema")
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):  # a NamedTuple, not a dataclass: convert builds ~10 per row, on its hot path
     kind: str
-    # Every part must be found for the piece to count as kept; each part is a tuple of acceptable forms.
-    parts: tuple[tuple[str, ...], ...]
+    # Every part must be found for the piece to count as kept. A part is a trimmed string, found as
+    # written or escaped (see `_escaped`), or a tuple of the spellings a scalar argument may have.
+    parts: tuple[str | tuple[str, ...], ...]
 
 
-def _forms(text: str) -> tuple[str, ...]:
-    text = text.strip()
-    if not text:
-        return ()
-    # As written, JSON-escaped (templates that `tojson` strings) or Python-escaped (pythonic call syntax).
-    forms = {text, json.dumps(text, ensure_ascii=False)[1:-1], json.dumps(text)[1:-1], repr(text)[1:-1]}
-    return tuple(sorted(forms, key=len, reverse=True))
+def _escaped(text: str) -> list[str]:
+    """Other ways a template may print a string: JSON-escaped (templates that `tojson` strings) or
+    Python-escaped (pythonic call syntax). Computed only for a part not found as written."""
+    forms = {json.dumps(text, ensure_ascii=False)[1:-1], json.dumps(text)[1:-1], repr(text)[1:-1]}
+    forms.discard(text)
+    return sorted(forms, key=len, reverse=True)
 
 
-def _value_forms(value) -> list[tuple[str, ...]]:
-    """Argument leaves: keys and scalar values, each as the forms a template may print it in."""
+def _value_parts(value) -> list[str | tuple[str, ...]]:
+    """Argument leaves: keys and scalar values."""
     if isinstance(value, dict):
-        return [f for k, v in value.items() for f in (_forms(str(k)), *_value_forms(v))]
+        return [p for k, v in value.items() for p in (str(k).strip(), *_value_parts(v))]
     if isinstance(value, list):
-        return [f for v in value for f in _value_forms(v)]
+        return [p for v in value for p in _value_parts(v)]
     if isinstance(value, str):
-        return [_forms(value)]
-    if isinstance(value, bool) or value is None:
-        return [tuple({json.dumps(value), str(value)})]
-    return [tuple({json.dumps(value), str(value)})]
-
-
-def _piece(kind: str, *parts: tuple[str, ...]) -> Piece | None:
-    parts = tuple(p for p in parts if p)
-    return Piece(kind, parts) if parts else None
+        return [value.strip()]
+    return [tuple(dict.fromkeys((json.dumps(value), str(value))))]  # true / True, null / None, 0.5
 
 
 def pieces(conv: Conversation, fmt: ChatFormat) -> list[Piece]:
-    """What the rollout says (canonical messages, see chat.py), piece by piece."""
-    out: list[Piece | None] = []
+    """What the rollout says (canonical messages, see chat.py), piece by piece, in the order templates
+    usually render them: system text, tool schemas, then each message (reasoning before its text)."""
+    head: list[Piece] = []
+    body: list[Piece] = []
     # What follows the last assistant turn (an output nobody answered) teaches nothing: not required.
     last = max((n for n, m in enumerate(conv.messages) if m["role"] == "assistant"), default=len(conv.messages))
     for n, m in enumerate(conv.messages[: last + 1]):
-        role = m["role"]
+        role, text = m["role"], m["content"].strip()
         if role in ("system", "developer"):
-            out.append(_piece("system", _forms(m["content"])))
+            if text:
+                (head if n < conv.prompt_len else body).append(Piece("system", (text,)))
         elif role == "user":
-            out.append(_piece("user" if n < conv.prompt_len else "environment", _forms(m["content"])))
+            if text:
+                body.append(Piece("user" if n < conv.prompt_len else "environment", (text,)))
         elif role == "tool":
-            out.append(_piece("tool_output", _forms(m["content"])))
+            if text:
+                body.append(Piece("tool_output", (text,)))
         elif role == "assistant":
-            out.append(_piece("assistant_text", _forms(m["content"])))
-            if fmt.reasoning != "drop":
-                out.append(_piece("reasoning", _forms(m.get("reasoning_content") or "")))
-            for tc in m.get("tool_calls", []):
+            reasoning = (m.get("reasoning_content") or "").strip()
+            if reasoning and fmt.reasoning != "drop":
+                body.append(Piece("reasoning", (reasoning,)))
+            if text:
+                body.append(Piece("assistant_text", (text,)))
+            for tc in m.get("tool_calls", ()):
                 args = orjson.loads(tc["function"]["arguments"] or "{}")
-                out.append(_piece("tool_call", _forms(tc["function"]["name"]), *_value_forms(args)))
+                body.append(Piece("tool_call", tuple(p for p in (tc["function"]["name"].strip(), *_value_parts(args)) if p)))
     for tool in conv.tools if fmt.tool_schemas else ():  # a template that never shows schemas cannot lose them
         fn = tool["function"]
-        out.append(_piece("tool_schema", _forms(fn["name"]), _forms(str(fn.get("description") or ""))))
-    return [p for p in out if p is not None]
+        head.append(Piece("tool_schema", tuple(p for p in (fn["name"].strip(), str(fn.get("description") or "").strip()) if p)))
+    return head + body
+
+
+def _in_order(text: str, wanted: list[Piece]) -> bool:
+    """Every part found after the one before it: distinct occurrences for all, so nothing is lost.
+    The common case, and one `find` a part; anything else goes through the claims in `lost_pieces`."""
+    find, pos = text.find, 0
+    for piece in wanted:
+        for part in piece.parts:
+            if part.__class__ is str:
+                at = find(part, pos)
+                if at >= 0:
+                    pos = at + len(part)
+                    continue
+                part = _escaped(part)
+            for form in part:
+                at = find(form, pos)
+                if at >= 0:
+                    pos = at + len(form)
+                    break
+            else:
+                return False
+    return True
 
 
 def lost_pieces(texts: list[str], wanted: list[Piece]) -> Counter:
-    """Pieces (by kind) that the texts do not hold, each occurrence claimed by one part only."""
+    """Pieces (by kind) that the texts do not hold, each occurrence claimed by one part only.
+
+    Longest parts claim first, so a short part (a tool output "900") cannot take the occurrence inside
+    a longer one (the next call's "900 + 4"). Each form remembers where its last claim ended."""
     text = "\0".join(texts)
-    claimed = bytearray(len(text))
-    parts = sorted(((max(map(len, forms)), forms, k) for k, p in enumerate(wanted) for forms in p.parts),
-                   key=lambda x: -x[0])
-    missing: set[int] = set()
-    for _, forms, k in parts:
-        if not _claim(text, claimed, forms):
-            missing.add(k)
-    return Counter(wanted[k].kind for k in missing)
+    if _in_order(text, wanted):
+        return Counter()
+    taken = bytearray(len(text))
+    after: dict[str, int] = {}
+    find, is_taken = text.find, taken.find
 
-
-def _claim(text: str, claimed: bytearray, forms: tuple[str, ...]) -> bool:
-    for form in forms:
-        pos = text.find(form)
+    def take(form: str) -> bool:
+        pos = find(form, after.get(form, 0))
         while pos >= 0:
             end = pos + len(form)
-            if claimed.find(1, pos, end) < 0:
-                claimed[pos:end] = b"\1" * len(form)
+            if is_taken(1, pos, end) < 0:
+                taken[pos:end] = b"\1" * (end - pos)
+                after[form] = end
                 return True
-            pos = text.find(form, pos + 1)
-    return False
+            pos = find(form, pos + 1)
+        after[form] = len(text)
+        return False
+
+    parts = [(len(part) if part.__class__ is str else len(part[0]), k, part)
+             for k, piece in enumerate(wanted) for part in piece.parts]
+    parts.sort(key=itemgetter(0), reverse=True)
+    missing: set[int] = set()
+    for _, k, part in parts:
+        if k in missing:
+            continue
+        if part.__class__ is str:
+            found = take(part) or any(take(f) for f in _escaped(part))
+        else:
+            found = any(take(f) for f in part)
+        if not found:
+            missing.add(k)
+    return Counter(wanted[k].kind for k in missing)
 
 
 class TemplateMismatch(ValueError):

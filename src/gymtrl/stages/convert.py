@@ -13,6 +13,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..chat import ChatFormat, Conversation, format_messages
 from ..faithful import PIECE_KINDS, TemplateMismatch, lost_pieces, pieces, training_samples
@@ -74,8 +75,8 @@ class RowContext:
     on_loss: str  # reject | keep
 
 
-@dataclass(frozen=True)
-class RowStats:
+# NamedTuples, not dataclasses: one of each per row crosses the worker pipe; they pickle as tuples.
+class RowStats(NamedTuple):
     roles: list[str]
     tool_calls: int
     with_reasoning: bool
@@ -85,8 +86,7 @@ class RowStats:
     samples: int  # training texts the row gives (more than one where the template rewrites history)
 
 
-@dataclass(frozen=True)
-class Converted:
+class Converted(NamedTuple):
     """A worker's verdict on one kept line: an encoded row, or why it was not converted."""
 
     row: dict | None = None
