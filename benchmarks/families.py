@@ -26,7 +26,7 @@ def main() -> None:
     from families import build_tokenizer, shared_families, trl_families
     from gymtrl.models import EMBEDDED_GGUF, embedded_dir, ensure_tool_template
     from gymtrl.rollouts import Line, Rejected, iter_lines, parse_line
-    from gymtrl.stages.convert import RowContext, _verdict, sft_row
+    from gymtrl.stages.convert import RowContext, row_verdict, sft_row
     from gymtrl.templates import probe_format, render
 
     base = AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
@@ -45,7 +45,7 @@ def main() -> None:
                 text = render(tok, row["messages"], row["tools"], fmt)
             except Exception as err:
                 text = err
-            verdict = _verdict(ctx, row, item.conversation, text)
+            verdict = row_verdict(ctx, row, item.conversation, text)
             if verdict.rejected:
                 reasons[verdict.rejected[1]] += 1
                 lost.update(verdict.lost or {})

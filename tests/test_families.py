@@ -72,7 +72,7 @@ def test_families_are_found():
 @pytest.mark.parametrize("family", FAMILIES, ids=IDS)
 def test_every_rollout_converted_faithfully_or_rejected(family, base_tokenizer, fixture_rollouts):
     """The convert check, per row: kept rows lose nothing (in the texts training uses), rejected rows say why."""
-    from gymtrl.stages.convert import _verdict, RowContext, sft_row
+    from gymtrl.stages.convert import row_verdict, RowContext, sft_row
     from gymtrl.rollouts import Line
 
     tok = family_tokenizer(family, base_tokenizer)
@@ -88,7 +88,7 @@ def test_every_rollout_converted_faithfully_or_rejected(family, base_tokenizer, 
             text = render(tok, row["messages"], row["tools"], fmt)
         except Exception as err:
             text = err
-        verdict = _verdict(ctx, row, item.conversation, text)
+        verdict = row_verdict(ctx, row, item.conversation, text)
         if verdict.rejected:
             bucket, reason, detail = verdict.rejected
             assert reason in ("content_lost", "template_error", "template_mismatch") and detail

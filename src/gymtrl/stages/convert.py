@@ -109,7 +109,7 @@ def check_row(tokenizer, row: dict, conv: Conversation, fmt: ChatFormat, text: s
     return dict(sorted(lost_pieces([x.text for x in samples], wanted).items())), len(samples)
 
 
-def _verdict(ctx: RowContext, row: dict, conv: Conversation, text) -> Converted:
+def row_verdict(ctx: RowContext, row: dict, conv: Conversation, text) -> Converted:
     if isinstance(text, Exception):
         return Converted(rejected=("invalid", "template_error", f"{type(text).__name__}: {text}"[:200]))
     try:
@@ -141,7 +141,7 @@ def convert_lines(ctx: RowContext, lines: list[Line]) -> list[Converted]:
         out.append(None)
     texts = render_rows(ctx.tokenizer, [row for _, row, _ in built], ctx.fmt)
     for (i, row, conv), text in zip(built, texts):
-        out[i] = _verdict(ctx, row, conv, text)
+        out[i] = row_verdict(ctx, row, conv, text)
     return out
 
 
