@@ -25,9 +25,9 @@ def main() -> None:
 
     from families import build_tokenizer, shared_families, trl_families
     from gymtrl.models import EMBEDDED_GGUF, embedded_dir, ensure_tool_template
-    from gymtrl.rollouts import Line, Rejected, iter_lines, parse_line
-    from gymtrl.stages.convert import RowContext, row_verdict, sft_row
-    from gymtrl.templates import probe_format, render
+    from gymtrl.rollouts import Rejected, iter_lines, parse_line
+    from gymtrl.stages.convert import RowContext, convert_rollout
+    from gymtrl.templates import probe_format
 
     base = AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
     rollouts = [item for f in sorted((ROOT / "tests/fixtures/gym-0.4.0").glob("*_rollouts.jsonl"))
@@ -40,12 +40,7 @@ def main() -> None:
         ctx = RowContext(tok, fmt, True, "reject")
         reasons, lost, split = Counter(), Counter(), 0
         for item in rollouts:
-            row = sft_row(item.conversation, fmt, item.task_key, item.reward, Line("f", 1, 0, b""))
-            try:
-                text = render(tok, row["messages"], row["tools"], fmt)
-            except Exception as err:
-                text = err
-            verdict = row_verdict(ctx, row, item.conversation, text)
+            _, verdict = convert_rollout(ctx, item)
             if verdict.rejected:
                 reasons[verdict.rejected[1]] += 1
                 lost.update(verdict.lost or {})

@@ -72,8 +72,7 @@ def test_families_are_found():
 @pytest.mark.parametrize("family", FAMILIES, ids=IDS)
 def test_every_rollout_converted_faithfully_or_rejected(family, base_tokenizer, fixture_rollouts):
     """The convert check, per row: kept rows lose nothing (in the texts training uses), rejected rows say why."""
-    from gymtrl.stages.convert import row_verdict, RowContext, sft_row
-    from gymtrl.rollouts import Line
+    from gymtrl.stages.convert import RowContext, convert_rollout
 
     tok = family_tokenizer(family, base_tokenizer)
     native = build_tokenizer(family, base_tokenizer)
@@ -83,12 +82,7 @@ def test_every_rollout_converted_faithfully_or_rejected(family, base_tokenizer, 
     ctx = RowContext(tok, fmt, True, "reject")
     reasons: Counter = Counter()
     for item in fixture_rollouts:
-        row = sft_row(item.conversation, fmt, item.task_key, item.reward, Line("f", 1, 0, b""))
-        try:
-            text = render(tok, row["messages"], row["tools"], fmt)
-        except Exception as err:
-            text = err
-        verdict = row_verdict(ctx, row, item.conversation, text)
+        row, verdict = convert_rollout(ctx, item)
         if verdict.rejected:
             bucket, reason, detail = verdict.rejected
             assert reason in ("content_lost", "template_error", "template_mismatch") and detail

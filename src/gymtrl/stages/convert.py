@@ -127,6 +127,17 @@ def row_verdict(ctx: RowContext, row: dict, conv: Conversation, text) -> Convert
     return Converted(row=encode_row(row, SFT_COLUMNS), stats=stats)
 
 
+def convert_rollout(ctx: RowContext, item) -> tuple[dict, Converted]:
+    """One parsed rollout (rollouts.Rollout) -> its row and verdict, rendered alone (convert_lines renders
+    rows in batches; the verdicts are the same)."""
+    row = sft_row(item.conversation, ctx.fmt, item.task_key, item.reward, item.line)
+    try:
+        text = render(ctx.tokenizer, row["messages"], row["tools"], ctx.fmt)
+    except Exception as err:  # reported by the verdict, as in convert_lines
+        text = err
+    return row, row_verdict(ctx, row, item.conversation, text)
+
+
 def convert_lines(ctx: RowContext, lines: list[Line]) -> list[Converted]:
     """Kept lines -> one verdict per line, in order."""
     out: list[Converted | None] = []
