@@ -53,7 +53,8 @@ def bare(examples: int, out: Path, bf16: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from gymtrl.stages.train import length_report
+    from gymtrl.models import chat_format
+    from gymtrl.stages.train import sft_dataset
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
@@ -61,7 +62,8 @@ def bare(examples: int, out: Path, bf16: bool) -> dict:
     ds = load_dataset("parquet", data_files=str(DATA), split="train").select(range(examples))
     config = SFTConfig(output_dir=str(out / "bare"), report_to="none", save_strategy="no", logging_steps=1,
                        use_cpu=True, bf16=bf16, disable_tqdm=True, **SETTINGS)
-    tokens = length_report(tokenizer, ds, "sft", config.max_length)["tokens"]
+    # The same token count as the train stage reports (its own tokenization; TRL's is the same text).
+    tokens = sft_dataset(tokenizer, ds, chat_format(MODEL), True, config.max_length).lengths["tokens"]
     trainer = SFTTrainer(model=model, args=config, train_dataset=ds, processing_class=tokenizer)
     started = time.perf_counter()
     trainer.train()
