@@ -151,9 +151,10 @@ def write_chat_format(tokenizer, model_dir: str | os.PathLike) -> None:
 
     from .templates import probe_format, stop_tokens
 
+    fmt = probe_format(tokenizer)
     write_json(Path(model_dir) / CHAT_FORMAT_FILE, {"template_sha256": _template_digest(Path(model_dir)),
-                                                   "format": dataclasses.asdict(probe_format(tokenizer)),
-                                                   "stop_tokens": stop_tokens(tokenizer)})
+                                                   "format": dataclasses.asdict(fmt),
+                                                   "stop_tokens": stop_tokens(tokenizer, fmt)})
 
 
 def chat_format(model_dir: str | os.PathLike, arguments: str = "auto", reasoning: str = "keep",

@@ -201,7 +201,7 @@ def supports_tools(tokenizer) -> bool:
     return _shows_call(_probe(tokenizer, _call_format(tokenizer, "auto")))
 
 
-def stop_tokens(tokenizer) -> list[str]:
+def stop_tokens(tokenizer, fmt: ChatFormat | None = None) -> list[str]:
     """Special tokens that end an assistant turn (an answer, a tool call) in this template, eos first.
 
     Found by rendering: the special token that closes the assistant's part of a one-turn conversation.
@@ -210,7 +210,7 @@ def stop_tokens(tokenizer) -> list[str]:
     """
     special = sorted((t.content for t in tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True)
     found = [tokenizer.eos_token] if tokenizer.eos_token else []
-    fmt = probe_format(tokenizer)
+    fmt = fmt or probe_format(tokenizer)  # callers that probed already pass theirs
     call = format_messages(_probe_messages(1), fmt)
     for turn in ([call[0], call[-1]], call[:2]):
         prompt = _render(tokenizer, turn[:1], tools=fmt.tools_arg(_PROBE_TOOLS), add_generation_prompt=True)
