@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from gymtrl.chat import convert_tools, format_messages, prompt_messages
-    from gymtrl.env.agents import GenerationSettings, model_rollouts
+    from gymtrl.env.model_agent import GenerationSettings, play
     from gymtrl.io import read_jsonl
     from gymtrl.models import load_model, load_tokenizer
     from gymtrl.templates import probe_format
@@ -42,9 +42,10 @@ def main() -> None:
     fmt = probe_format(tokenizer)
 
     def agent(batch_size: int) -> tuple[float, int]:
-        settings = GenerationSettings(max_turns=1, max_new_tokens=args.new_tokens, batch_size=batch_size)
+        settings = GenerationSettings(max_turns=1, max_new_tokens=args.new_tokens, batch_size=batch_size,
+                                      temperature=0.0, top_p=1.0, seed=0)
         started = time.perf_counter()
-        records = model_rollouts(model, tokenizer, tasks, settings, fmt, model_name="bench")
+        records = play(model, tokenizer, tasks, settings, fmt, model_name="bench")
         return time.perf_counter() - started, sum(r["new_tokens"] for r in records)
 
     def bare() -> tuple[float, int]:

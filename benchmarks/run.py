@@ -108,30 +108,31 @@ def orjson_parse(src: str, out: str) -> None:
             orjson.loads(line)
 
 
-def _params(src: str):
-    from gymtrl.params import parse_params
+def _params(src: str, out: str):
+    """The repository's params.yaml, reading `src` and writing every output beside `out`."""
+    from gymtrl.params import deep_merge, parse_params, read_params_file
 
-    return parse_params({"data": {"rollouts": src}})
+    paths = {"filtered": out + ".filtered", "catalog": out + ".catalog", "sft": out + ".sft", "pairs": out + ".pairs",
+             "metrics": out + ".metrics", "plots": out + ".plots", "base_model": str(WORK / "tokenizer")}
+    return parse_params(deep_merge(read_params_file(ROOT / "params.yaml"), {"data": {"rollouts": src}, "paths": paths}))
 
 
 def ours_filter(src: str, out: str) -> None:
     from gymtrl.stages import filter as stage
 
-    stage.run(_params(src), out_dir=out + ".filtered", metrics_path=out + ".filter.json", catalog_dir=out + ".catalog")
+    stage.run(_params(src, out))
 
 
 def ours_convert(src: str, out: str) -> None:
     from gymtrl.stages import convert as stage
 
-    stage.run(_params(src), filtered_dir=out + ".filtered", model_dir=str(WORK / "tokenizer"),
-              out_dir=out + ".sft", metrics_path=out + ".convert.json")
+    stage.run(_params(src, out))
 
 
 def ours_pair(src: str, out: str) -> None:
     from gymtrl.stages import pair as stage
 
-    stage.run(_params(src), model_dir=str(WORK / "tokenizer"), out_dir=out + ".pairs", metrics_path=out + ".pair.json",
-              catalog_dir=out + ".catalog")
+    stage.run(_params(src, out))
 
 
 JOBS = {f.__name__: f for f in (raw_read, orjson_parse, seed_filter, seed_convert, seed_pair,

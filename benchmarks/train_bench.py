@@ -24,25 +24,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from gymtrl.stages.train import SFT_DEFAULTS  # noqa: E402  (light: TRL is imported inside functions)
+from gymtrl.params import deep_merge, parse_params, read_params_file  # noqa: E402
 
-MODEL = ROOT / "models" / "base"
-DATA = ROOT / "data" / "sft" / "train.parquet"
-# The train stage's own SFT settings (SFT_DEFAULTS, as `ours` below runs it) for the bare script, minus
+PARAMS = read_params_file(ROOT / "params.yaml")
+MODEL = ROOT / PARAMS["paths"]["base_model"]
+DATA = ROOT / PARAMS["paths"]["sft"] / "train.parquet"
+# The train stage's own SFT settings (params.yaml, as `ours` below runs it) for the bare script, minus
 # checkpointing and logging, which the bare script sets itself.
-SETTINGS = {**{k: v for k, v in SFT_DEFAULTS.items() if k not in ("logging_steps", "save_steps", "save_total_limit")},
+SETTINGS = {**{k: v for k, v in PARAMS["train"]["sft"].items() if k not in ("logging_steps", "save_steps", "save_total_limit")},
             "num_train_epochs": 1, "seed": 0}
 
 
 def ours(examples: int, out: Path) -> dict:
-    from gymtrl.params import parse_params
     from gymtrl.stages import train
 
     started = time.perf_counter()
-    params = parse_params({"train": {"method": "sft", "max_examples": examples, "seed": 0,
-                                     "sft": {"num_train_epochs": 1, "logging_steps": 1}}})
-    m = train.run(params, str(MODEL), str(DATA.parent), "unused", str(out / "trained"), str(out / "ckpt"),
-                  str(out / "live"), str(out / "train.json"))["sft"]
+    paths = {"base_model": str(MODEL), "sft": str(DATA.parent), "trained_model": str(out / "trained"),
+             "checkpoints": str(out / "ckpt"), "training_logs": str(out / "live"), "metrics": str(out)}
+    params = parse_params(deep_merge(PARAMS, {"paths": paths, "train": {
+        "method": "sft", "max_examples": examples, "seed": 0, "sft": {"num_train_epochs": 1, "logging_steps": 1}}}))
+    m = train.run(params)["sft"]
     return {"train_seconds": m["train_seconds"], "tokens": m["tokens"], "stage_seconds": time.perf_counter() - started}
 
 

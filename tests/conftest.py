@@ -7,12 +7,31 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "gym-0.4.0"
+
+
+def raw_params(**sections) -> dict:
+    """The repository's params.yaml (the one home of every default) with `sections` merged in, so a test
+    states only what it changes."""
+    from gymtrl.params import deep_merge
+
+    return deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), sections)
+
+
+def make_params(**sections):
+    from gymtrl.params import parse_params
+
+    return parse_params(raw_params(**sections))
+
+
+def write_params(path: Path, **sections) -> None:
+    Path(path).write_text(yaml.safe_dump(raw_params(**sections), sort_keys=False))
 
 
 def fixture(name: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gymtrl.compare import build_report, compare_pair, parse_exp_show, render_markdown, rewards_by_task
+from gymtrl.tools.compare import build_report, compare_pair, parse_exp_show, render_markdown, rewards_by_task
 from gymtrl.stats import mcnemar_exact, paired_bootstrap
 
 
@@ -100,8 +100,8 @@ def test_failed_and_queued_experiments_are_shown_as_such_never_with_numbers():
     texts = {("data/eval/baseline_rollouts.jsonl", "workspace"): rollouts_text([0.0] * 20),
              ("data/eval/trained_rollouts.jsonl", "workspace"): rollouts_text([1.0] * 10 + [0.0] * 10),
              ("data/eval/trained_rollouts.jsonl", "b" * 40): rollouts_text([1.0] * 20)}
-    report = build_report([r for r in runs if r.kind != "commit"], lambda p, rev: texts[(p, rev)], None, 0.5,
-                          examples=1)
+    report = build_report([r for r in runs if r.kind != "commit"], lambda p, rev: texts[(p, rev)], "data/eval", None,
+                          0.5, examples=1)
     rows = {r["run"]: r for r in report["runs"]}
     assert rows["dpo"]["changed_params"] == {"train.method": "dpo"} and rows["dpo"]["verdict"] == "better"
     assert "run_success_rate" not in rows["broken"] and rows["broken"]["error"].startswith("failed to reproduce")
@@ -109,14 +109,15 @@ def test_failed_and_queued_experiments_are_shown_as_such_never_with_numbers():
     assert rows["workspace"]["examples"]["fail_to_success"][0]["run_reward"] == 1.0
     md = render_markdown(report)
     assert "| dpo | train.method=dpo | 20 |" in md and "| broken |" in md and "failed" in md
-    assert "fail → to → success" not in md and "**better**" in md
+    assert "**better**" in md and "**workspace**, fail → success: task `calc#0` (baseline reward 0.0, run reward 1.0)" in md
+    assert "- run: assistant: Answer: 1.0" in md and "success → fail" not in md  # no task got worse
 
 
 EXTERNAL = ("src=\"http", "src='http", "href=\"http", "href='http", "url(http", "@import", "<script src", "<link ")
 
 
 def test_html_report_is_self_contained():
-    from gymtrl.report import build_html, render_svg
+    from gymtrl.tools.report import build_html, render_svg
 
     spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
             "data": {"values": [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]}, "mark": "line",

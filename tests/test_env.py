@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gymtrl.env.agents import parse_turn, reference_rollouts
+from gymtrl.env.model_agent import parse_turn
+from gymtrl.env.reference_agent import reference_rollouts
 from gymtrl.env.calculator import CalculatorError, calculate, run_tool
 from gymtrl.env.tasks import FAMILIES, make_split, verify
 from gymtrl.rollouts import Line, Rollout, parse_line

@@ -234,15 +234,17 @@ def filtered_fixtures(tmp_path_factory):
     valid rollout kept; the other files go through convert's check in the test above, for every family."""
     import shutil
 
-    from gymtrl.params import parse_params
+    from conftest import make_params
     from gymtrl.stages import filter as filter_stage
 
     d = tmp_path_factory.mktemp("filtered")
     (d / "in").mkdir()
     for name in SHAPES:
         shutil.copy(FIXTURES / name, d / "in" / name)
-    p = parse_params({"data": {"rollouts": str(d / "in"), "workers": 1}, "filter": {"min_reward": -1e9}})
-    filter_stage.run(p, d / "filtered", d / "filter.json", d / "catalog")
+    p = make_params(data={"rollouts": str(d / "in"), "workers": 1}, filter={"min_reward": -1e9},
+                    paths={"filtered": str(d / "filtered"), "catalog": str(d / "catalog"), "metrics": str(d),
+                           "plots": str(d)})
+    filter_stage.run(p)
     return d / "filtered"
 
 
@@ -268,23 +270,24 @@ def _tiny_model_dir(tok, d: Path) -> Path:
 def test_convert_and_one_training_step(family, base_tokenizer, filtered_fixtures, tmp_path):
     """The real stages per family: convert every fixture rollout, then train a step with
     assistant_only_loss: true (which TRL alone refuses for templates it does not know)."""
+    from conftest import make_params
     from gymtrl.io import read_json
-    from gymtrl.params import parse_params
     from gymtrl.stages import convert, train
 
     tok = family_tokenizer(family, base_tokenizer)
     model_dir = _tiny_model_dir(tok, tmp_path / "base")
-    p = parse_params({"data": {"workers": 1}, "train": {"max_examples": 6, "sft": {
+    p = make_params(data={"workers": 1}, train={"max_examples": 6, "sft": {
         "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 384, "assistant_only_loss": True,
-        "logging_steps": 1, "save_steps": 10}}})
-    m = convert.run(p, filtered_fixtures, model_dir, tmp_path / "sft", tmp_path / "convert.json")
+        "logging_steps": 1, "save_steps": 10}},
+        paths={name: str(tmp_path / name) for name in ("sft", "pairs", "checkpoints", "training_logs", "metrics")}
+        | {"filtered": str(filtered_fixtures), "base_model": str(model_dir), "trained_model": str(tmp_path / "trained")})
+    m = convert.run(p)
     assert m["rows"] + m["content_lost"] + m["template_error"] + m["template_mismatch"] == 40
     assert m["invalid"] == 0 and m["rows"] >= 20
     if m["content_lost"]:
         rejects = [r for r in map(__import__("json").loads, (tmp_path / "sft" / "rejects.jsonl").read_text().splitlines())]
         assert all(r["reason"] in ("content_lost", "template_error", "template_mismatch") and r["detail"] for r in rejects)
-    t = train.run(p, model_dir, tmp_path / "sft", tmp_path / "pairs", tmp_path / "trained", tmp_path / "ckpt",
-                  tmp_path / "live", tmp_path / "train.json")
+    t = train.run(p)
     assert t["sft"]["steps"] == 1 and t["sft"]["assistant_only_loss"] and t["sft"]["rows_skipped"] == 0
     assert 0 < t["sft"]["assistant_tokens"] < t["sft"]["tokens"]
     # The saved model stops on this template's end-of-turn tokens.

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
-
-from conftest import FIXTURES
+from conftest import FIXTURES, write_params
 
 
 def big_rollouts(path: Path, copies: int) -> int:
@@ -65,12 +63,11 @@ def processes_in(cwd: Path) -> list[int]:
 @pytest.mark.parametrize("stage, out", [("filter", "data/filtered"), ("convert", "data/sft"), ("pair", "data/pairs")])
 def test_kill_9_leaves_no_partial_output(tmp_path, tiny_model_dir, stage, out):
     lines = big_rollouts(tmp_path / "rollouts.jsonl", copies=300)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"rollouts": "rollouts.jsonl"},
-                                                          "filter": {"min_reward": 0.5}}))
-    cli = [sys.executable, "-m", "gymtrl.cli"]
+    write_params(tmp_path / "params.yaml", data={"rollouts": "rollouts.jsonl"}, filter={"min_reward": 0.5},
+                 paths={"base_model": str(tiny_model_dir)})
     if stage != "filter":
-        subprocess.run(cli + ["filter"], cwd=tmp_path, check=True, capture_output=True)
-    cmd = cli + [stage] + ([] if stage == "filter" else ["--model", str(tiny_model_dir)])
+        subprocess.run([sys.executable, "-m", "gymtrl.stages.filter"], cwd=tmp_path, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", f"gymtrl.stages.{stage}"]
     kill_midway(cmd, tmp_path / out, tmp_path)
     assert not (tmp_path / out).exists()  # nothing DVC could cache as if it were complete
     assert not (tmp_path / "metrics" / f"{stage}.json").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -103,16 +102,18 @@ def test_any_mutation_lands_in_exactly_one_bucket(raw):
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
 @given(st.lists(mutated_lines(), min_size=300, max_size=300))
 def test_a_file_of_mutations_adds_up(tmp_path_factory, lines):
-    from gymtrl.params import parse_params
+    from conftest import make_params
     from gymtrl.stages import filter as filter_stage
 
     tmp_path = tmp_path_factory.mktemp("fuzzfile")
     lines = lines + [b"", b"not json at all", b"\xff" * 10, b"{}" * 3, b"[" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000]
-    src = tmp_path / "mutated.jsonl"
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "mutated.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
-    (tmp_path / "empty.jsonl").write_bytes(b"")
-    m = filter_stage.run(parse_params({"data": {"rollouts": str(tmp_path)}, "filter": {"min_reward": -1e9}}),
-                         tmp_path / "out", tmp_path / "m.json")
+    (tmp_path / "in" / "empty.jsonl").write_bytes(b"")
+    paths = {"filtered": str(tmp_path / "out"), "catalog": str(tmp_path / "catalog"), "metrics": str(tmp_path / "m"),
+             "plots": str(tmp_path / "m")}
+    m = filter_stage.run(make_params(data={"rollouts": str(tmp_path / "in")}, filter={"min_reward": -1e9}, paths=paths))
     assert m["lines_read"] == len(lines) == m["kept"] + m["dropped"] + m["invalid"]
     rejects = (tmp_path / "out" / "rejects.jsonl").read_bytes().splitlines()
     assert len(rejects) == m["dropped"] + m["invalid"]

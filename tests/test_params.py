@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import ROOT, raw_params
 from gymtrl.params import ParamsError, load_params, parse_params
 
 
@@ -17,7 +18,8 @@ from gymtrl.params import ParamsError, load_params, parse_params
         ({"pair": {"strategy": "best"}}, "pair.strategy = 'best'", "top_vs_second"),
         ({"convert": {"reasoning": "maybe"}}, "convert.reasoning = 'maybe'", "keep"),
         ({"train": {"method": "ppo"}}, "train.method = 'ppo'", "sft"),
-        ({"train": {"lora": {"r": 0}}}, "train.lora.r = 0", "greater than or equal to 1"),
+        ({"train": {"lora": "big"}}, "train.lora = 'big'", "valid dictionary"),
+        ({"paths": {"sft": None}}, "paths.sft = None", "valid string"),
         ({"eval": {"backend": "gym"}}, "eval", "needs eval.gym_command"),
         ({"eval": {"batch_size": 0}}, "eval.batch_size = 0", "greater than or equal to 1"),
         ({"data": {"workers": 0}}, "data.workers = 0", "a whole number >= 1 or 'auto'"),
@@ -28,25 +30,50 @@ from gymtrl.params import ParamsError, load_params, parse_params
 )
 def test_bad_values_name_key_value_and_expectation(raw, key, expected):
     with pytest.raises(ParamsError) as err:
-        parse_params(raw, "my/params.yaml")
+        parse_params(raw_params(**raw), "my/params.yaml")
     msg = str(err.value)
     assert msg.startswith("my/params.yaml") and key in msg and expected in msg
 
 
-def test_defaults_and_the_repository_params_file_are_valid():
-    p = parse_params({})
-    assert (p.filter.min_reward, p.pair.min_diff, p.pair.strategy, p.eval.success_threshold) == (0.8, 0.1, "top_vs_second", 0.5)
-    repo = load_params("params.yaml")
+def test_the_repository_params_file_is_the_one_home_of_every_value():
+    repo = load_params(ROOT / "params.yaml")
     assert repo.model.name_or_path == "embedded" and repo.train.method == "sft"
+    assert (repo.filter.min_reward, repo.pair.min_diff, repo.eval.success_threshold) == (0.8, 0.1, 0.5)
+    assert repo.paths.sft == "data/sft" and repo.train.sft["num_train_epochs"] == 1
+    # The code holds no value of its own: without params.yaml nothing parses, and the error names the keys.
+    with pytest.raises(ParamsError) as err:
+        parse_params({}, "my/params.yaml")
+    assert "paths: missing" in str(err.value) and "train: missing" in str(err.value)
+    raw = raw_params()
+    del raw["demo"]["train_tasks"]
+    with pytest.raises(ParamsError, match="demo.train_tasks: missing"):
+        parse_params(raw)
 
 
-def test_unknown_trl_keys_fail_before_training():
-    from gymtrl.stages.train import build_config
+def test_unknown_trl_and_peft_keys_fail_before_training():
+    from gymtrl.params import parse_params
+    from gymtrl.stages.train import _peft_config, build_config
 
     with pytest.raises(ParamsError, match=r"train\.sft\.max_seq_length is not a SFTConfig field"):
         build_config("sft", {"max_seq_length": 128}, "out", 0, "cpu")
     cfg = build_config("dpo", {"beta": 0.3}, "out", 0, "cpu")
     assert cfg.beta == 0.3 and cfg.precompute_ref_log_probs and cfg.report_to == []
+    with pytest.raises(ParamsError, match=r"train\.lora\.rank is not a peft.LoraConfig field"):
+        _peft_config(parse_params(raw_params(train={"lora": {"rank": 8}})))
+    lora = _peft_config(parse_params(raw_params(train={"lora": {"r": 4, "lora_alpha": 8}})))
+    assert (lora.r, lora.lora_alpha, lora.task_type) == (4, 8, "CAUSAL_LM")
+
+
+def test_train_config_is_params_yaml_plus_wiring_only():
+    """What runs is what params.yaml says, plus the fixed wiring (output folder, seed, precision)."""
+    from gymtrl.stages.train import build_config
+
+    sft = load_params(ROOT / "params.yaml").train.sft
+    cfg = build_config("sft", sft, "out", 42, "cpu")
+    for key, value in sft.items():
+        got = getattr(cfg, key)
+        assert (got.value if hasattr(got, "value") else got) == value, key
+    assert cfg.output_dir == "out" and cfg.seed == 42
 
 
 def test_missing_and_broken_files(tmp_path):

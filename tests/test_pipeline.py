@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from gymtrl.stats import verdict
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,8 @@ def test_repro_then_force_is_deterministic_then_exp_run(repo):
     report = orjson.loads(run(["gymtrl", "compare", "--json", "--examples", "1", "--html", "report.html"], repo))
     rows = {r["run"]: r for r in report["runs"]}
     assert rows["dpo-run"]["changed_params"] == {"pair.strategy": "all_pairs", "train.method": "dpo"}
-    assert rows["dpo-run"]["n"] == 8 and rows["dpo-run"]["verdict"] in ("better", "worse", "no detectable difference")
+    dpo = rows["dpo-run"]
+    assert dpo["n"] == 8 and dpo["verdict"] == verdict(*dpo["delta_avg_reward_ci95"])
     assert rows["workspace"]["n"] == 8 and report["baseline"]["label"] == "base model"
     page = (repo / "report.html").read_text()
     assert "<svg" in page and "training loss" in page

@@ -159,7 +159,8 @@ def test_old_and_new_gym_versions_still_read():
 def test_byte_ranges_split_lines_exactly_like_iter_lines(tmp_path):
     """Workers read byte ranges themselves; together they must see the lines, offsets and bytes that
     `iter_lines` sees: CRLF, blank lines and a last line without a newline included."""
-    from gymtrl.rollouts import iter_lines, line_ranges, read_range
+    from gymtrl.chunks import line_ranges, read_range
+    from gymtrl.rollouts import iter_lines
 
     path = tmp_path / "r.jsonl"
     path.write_bytes(b'{"a": 1}\r\n\n{"b": 22}\n\r\n{"c": "x\\ny"}\n{"d": 4}')
@@ -170,10 +171,10 @@ def test_byte_ranges_split_lines_exactly_like_iter_lines(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_summaries_give_scans_verdicts_line_for_line(tmp_path, monkeypatch, workers):
-    """The stages use `summaries` (parallel, compact); it must say what `scan` says about every line,
-    for plain and gzip files, with byte ranges small enough that files split into many jobs."""
-    from gymtrl import rollouts
+def test_catalog_scan_gives_the_readers_verdicts_line_for_line(tmp_path, monkeypatch, workers):
+    """The stages use `catalog.scan` (parallel, compact); it must say what `rollouts.scan` says about
+    every line, for plain and gzip files, with jobs small enough that files split into many of them."""
+    from gymtrl import catalog
 
     files = resolve_sources([str(FIXTURES)]).files
     gz = tmp_path / "copy.jsonl.gz"
@@ -187,7 +188,7 @@ def test_summaries_give_scans_verdicts_line_for_line(tmp_path, monkeypatch, work
         return (*base, item.reward, item.task_key, item.turns)
 
     expected = [key(item) for item in scan(files)]
-    original = rollouts.scan_jobs
-    monkeypatch.setattr(rollouts, "scan_jobs", lambda fs: original(fs, chunk_bytes=3000))
-    got = [key(item) for item in rollouts.summaries(files, workers=workers)]
+    original = catalog.file_jobs
+    monkeypatch.setattr(catalog, "file_jobs", lambda fs: original(fs, chunk_bytes=3000))
+    got = [key(item) for item in catalog.scan(files, merge_system=True, workers=workers)]
     assert got == expected and len(got) > 115

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +10,19 @@ from pathlib import Path
 import orjson
 import pytest
 
+from conftest import make_params, write_params
 from gymtrl.io import read_json, read_jsonl
-from gymtrl.params import parse_params
-from gymtrl.stages import convert, filter as filter_stage, inspect, pair
+from gymtrl.stages import convert, demo, filter as filter_stage, pair
 from gymtrl.stages.common import StageError
 from gymtrl.stages.pair import Entry, plan_pairs
+from gymtrl.tools.inspect_rollouts import inspect_rollouts
 
 FIX = "tests/fixtures/gym-0.4.0"
 
 
 def params(**sections):
-    raw = {"data": {"rollouts": FIX}}
-    raw.update(sections)
-    return parse_params(raw)
+    """The repository's params, reading the fixture files."""
+    return make_params(**{"data": {"rollouts": FIX}, **sections})
 
 
 def digest(*paths) -> str:
@@ -34,7 +33,7 @@ def digest(*paths) -> str:
 
 
 def test_filter_counts_add_up_and_kept_lines_are_unchanged(workdir):
-    m = filter_stage.run(params(), "out/filtered", "metrics/filter.json")
+    m = filter_stage.run(params(paths={"filtered": "out/filtered"}))
     assert m == read_json("metrics/filter.json")
     assert m["lines_read"] == m["kept"] + m["dropped"] + m["invalid"] == 115
     assert (m["kept"], m["dropped_by_reason"], m["invalid_by_reason"]) == (
@@ -55,7 +54,7 @@ def test_filter_counts_add_up_and_kept_lines_are_unchanged(workdir):
 
 
 def test_filter_turn_bounds_use_assistant_turns(workdir):
-    m = filter_stage.run(params(filter={"min_reward": -100, "min_turns": 2, "max_turns": 3}), "f", "m.json")
+    m = filter_stage.run(params(filter={"min_reward": -100, "min_turns": 2, "max_turns": 3}, paths={"filtered": "f"}))
     assert m["dropped_by_reason"]["too_few_turns"] > 0 and m["dropped_by_reason"]["too_many_turns"] > 0
     for entry in read_jsonl("f/index.jsonl"):
         assert 2 <= entry["turns"] <= 3
@@ -63,19 +62,19 @@ def test_filter_turn_bounds_use_assistant_turns(workdir):
 
 def test_filter_says_why_nothing_survived(workdir):
     with pytest.raises(StageError) as err:
-        filter_stage.run(params(filter={"min_reward": 5.0}), "f", "m.json")
+        filter_stage.run(params(filter={"min_reward": 5.0}, paths={"filtered": "f", "metrics": "m"}))
     msg = str(err.value)
     assert "read 115 lines from 23 file(s)" in msg and "rewards seen -1.0..1.0" in msg
     assert "filter.min_reward=5.0 removed 104" in msg
-    assert not Path("f/rollouts.jsonl").exists() and not Path("m.json").exists()  # no partial artifact
+    assert not Path("f/rollouts.jsonl").exists() and not Path("m/filter.json").exists()  # no partial artifact
 
 
 def test_convert_round_trips_through_datasets(workdir, tiny_model_dir):
     from datasets import load_dataset
 
-    p = params(filter={"min_reward": -100})
-    filter_stage.run(p, "f", "m1.json")
-    m = convert.run(p, "f", tiny_model_dir, "sft", "m2.json")
+    p = params(filter={"min_reward": -100}, paths={"filtered": "f", "base_model": str(tiny_model_dir), "sft": "sft"})
+    filter_stage.run(p)
+    m = convert.run(p)
     assert m["rows"] == 104 and m["template_error"] == 0 and m["arguments_format"] == "dict"
     from gymtrl.io import exact_json_decoding
 
@@ -83,9 +82,11 @@ def test_convert_round_trips_through_datasets(workdir, tiny_model_dir):
     assert len(ds) == 104
     with exact_json_decoding():
         by_line = {(r["source"], r["line"]): r for r in ds}
-    # Without the fix, datasets' own decoder is off by one float ulp, but never turns values into nulls.
+    # Without the fix, datasets' own decoder may be off by one float ulp, but never turns values into nulls.
     plain = {(r["source"], r["line"]): r for r in ds}
-    assert all(len(plain[k]["messages"]) == len(v["messages"]) for k, v in by_line.items())
+    assert plain.keys() == by_line.keys()
+    for k, row in by_line.items():
+        assert approx_equal(plain[k]["messages"], row["messages"]) and approx_equal(plain[k]["tools"], row["tools"])
     # Nested tool arguments of mixed types come back exactly, not as nulls.
     from gymtrl.chat import format_messages
     from gymtrl.rollouts import parse_line, iter_lines
@@ -122,17 +123,38 @@ def test_pair_strategies_on_constructed_groups():
     assert plan_pairs(entries, "all_pairs", 0.8).stats["below_min_diff"] == 3
 
 
+def approx_equal(a, b) -> bool:
+    """Equal, floats within a few ulps: the same JSON values however they were decoded."""
+    import math
+
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-15)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(approx_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(approx_equal(x, y) for x, y in zip(a, b))
+    return a == b and type(a) is type(b)
+
+
+def test_approx_equal_tells_values_apart():
+    assert approx_equal({"a": [0.7, 1]}, {"a": [0.7000000000000001, 1]})
+    assert not approx_equal({"a": [0.7]}, {"a": [None]}) and not approx_equal([1], [1, 2])
+    assert not approx_equal({"a": 1}, {"b": 1}) and not approx_equal(0.7, 0.71)
+
+
 def test_pair_on_fixtures_and_demo_rollouts(workdir, tiny_model_dir):
     from datasets import load_dataset
 
-    m = pair.run(params(pair={"strategy": "all_pairs", "min_diff": 0.1}), tiny_model_dir, "pairs", "pair.json")
+    p = params(pair={"strategy": "all_pairs", "min_diff": 0.1}, paths={"base_model": str(tiny_model_dir)})
+    filter_stage.run(p)
+    m = pair.run(p)
     # blackjack's task 0 was dealt different hands: same task index, different prompts -> no pair.
     assert m["pairs"] == 0 and m["prompt_mismatch"] == 6 and m["groups_single_rollout"] == 94
     assert m["lines_read"] == m["rollouts"] + m["invalid"] + m["dropped_duplicates"] == 115
-    from gymtrl.stages import demo
-
-    demo.run(parse_params({}), "demo", "demo.json")
-    m = pair.run(parse_params({"data": {"rollouts": "demo/rollouts.jsonl"}}), tiny_model_dir, "pairs2", "pair2.json")
+    p = make_params(paths={"base_model": str(tiny_model_dir), "pairs": "pairs2"})
+    demo.run(p)
+    filter_stage.run(p)
+    m = pair.run(p)
     ds = load_dataset("parquet", data_files="pairs2/train.parquet", split="train")
     assert m["pairs"] == len(ds) > 0
     for row in ds:
@@ -143,24 +165,26 @@ def test_pair_on_fixtures_and_demo_rollouts(workdir, tiny_model_dir):
 
 
 def test_inspect_cli_reports_every_fixture(workdir):
-    out = subprocess.run([sys.executable, "-m", "gymtrl.cli", "--params", "none.yaml", "inspect", FIX, "--json"],
-                         capture_output=True, check=True)
+    write_params(Path("params.yaml"))
+    out = subprocess.run([sys.executable, "-m", "gymtrl.cli", "inspect", FIX, "--json"], capture_output=True, check=True)
     s = orjson.loads(out.stdout)
     assert s["lines_read"] == 115 and s["rollouts"] == 104 and len(s["skipped_files"]) == 3
     assert sum(b["count"] for b in s["reward"]["histogram"]) == 104
     assert s["filter_would_keep"] == 56 and s["tasks"] == 96
     assert "tavily_search" in s["invalid_examples"]["not_json"]
-    text = subprocess.run([sys.executable, "-m", "gymtrl.cli", "--params", "none.yaml", "inspect", FIX],
+    text = subprocess.run([sys.executable, "-m", "gymtrl.cli", "inspect", FIX],
                           capture_output=True, check=True, text=True).stdout
     assert "would keep 56" in text and "invalid not_json: 5" in text
 
 
 def run_data_stages(tag: str, model_dir, workers: int | str = "auto") -> str:
     """filter, convert and pair on the fixtures into `<dir><tag>` folders; a digest of every output."""
-    p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"})
-    filter_stage.run(p, f"f{tag}", f"m{tag}/filter.json", catalog_dir=f"c{tag}")
-    convert.run(p, f"f{tag}", model_dir, f"sft{tag}", f"m{tag}/convert.json")
-    pair.run(p, model_dir, f"pairs{tag}", f"m{tag}/pair.json", catalog_dir=f"c{tag}")
+    p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5}, pair={"strategy": "all_pairs"},
+               paths={"filtered": f"f{tag}", "catalog": f"c{tag}", "sft": f"sft{tag}", "pairs": f"pairs{tag}",
+                      "metrics": f"m{tag}", "plots": f"plots{tag}", "base_model": str(model_dir)})
+    filter_stage.run(p)
+    convert.run(p)
+    pair.run(p)
     return digest(*(f"{d}{tag}/{name}" for d, name in (
         ("f", "rollouts.jsonl"), ("f", "index.jsonl"), ("f", "rejects.jsonl"), ("c", "rollouts.jsonl"),
         ("c", "catalog.json"), ("sft", "train.parquet"), ("sft", "rejects.jsonl"), ("pairs", "train.parquet"),
@@ -171,9 +195,10 @@ def test_reruns_are_byte_identical(workdir, tiny_model_dir):
     assert run_data_stages("", tiny_model_dir) == run_data_stages("", tiny_model_dir)
 
 
-def test_cli_reports_bad_params_without_a_traceback(workdir):
-    Path("params.yaml").write_text("filter:\n  min_reward: high\npair:\n  min_diff: -1\n")
-    out = subprocess.run([sys.executable, "-m", "gymtrl.cli", "filter"], capture_output=True, text=True)
+@pytest.mark.parametrize("entry", [["-m", "gymtrl.cli", "filter"], ["-m", "gymtrl.stages.filter"]])
+def test_cli_reports_bad_params_without_a_traceback(workdir, entry):
+    write_params(Path("params.yaml"), filter={"min_reward": "high"}, pair={"min_diff": -1})
+    out = subprocess.run([sys.executable, *entry], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "filter.min_reward = 'high'" in out.stderr and "pair.min_diff = -1" in out.stderr
     assert "params.yaml" in out.stderr
@@ -185,27 +210,26 @@ def test_outputs_do_not_depend_on_the_worker_count(workdir, tiny_model_dir):
     for workers in (1, 2, 3):
         p = params(data={"rollouts": FIX, "workers": workers}, filter={"min_reward": 0.5},
                    pair={"strategy": "all_pairs"})
-        runs.append((run_data_stages(str(workers), tiny_model_dir, workers), inspect.summarize([FIX], p)))
+        runs.append((run_data_stages(str(workers), tiny_model_dir, workers), inspect_rollouts([FIX], p)))
     assert runs[0] == runs[1] == runs[2]
 
 
-def test_pair_reads_the_catalog_only_when_it_describes_the_input(workdir, tiny_model_dir, capsys):
-    from gymtrl.stages import demo
-
-    demo.run(parse_params({}), "demo", "demo.json")
-    p = parse_params({"data": {"rollouts": "demo/rollouts.jsonl"}, "filter": {"min_reward": 0.5}})
-    filter_stage.run(p, "f", "m/filter.json", catalog_dir="cat")
-    from_catalog = pair.run(p, tiny_model_dir, "pairs_cat", "m/pair_cat.json", catalog_dir="cat")
-    assert "grouping the catalog" in capsys.readouterr().err
-    scanned = pair.run(p, tiny_model_dir, "pairs_scan", "m/pair_scan.json", catalog_dir=None)
-    assert from_catalog == scanned and from_catalog["pairs"] > 0
-    assert digest("pairs_cat/train.parquet") == digest("pairs_scan/train.parquet")
-    # Same file name, other content: the stale catalog is not used, and the pairs are still right.
-    lines = Path("demo/rollouts.jsonl").read_bytes().splitlines(keepends=True)
-    Path("demo/rollouts.jsonl").write_bytes(b"".join(lines[: len(lines) // 2]))
-    half = pair.run(p, tiny_model_dir, "pairs_half", "m/pair_half.json", catalog_dir="cat")
-    assert "made from other rollouts" in capsys.readouterr().err
-    assert half["lines_read"] == len(lines) // 2 and half["pairs"] < scanned["pairs"]
+def test_pair_needs_the_catalog_of_exactly_its_input(workdir, tiny_model_dir):
+    p = make_params(filter={"min_reward": 0.5}, paths={"base_model": str(tiny_model_dir)})
+    demo.run(p)
+    with pytest.raises(StageError, match="run the filter stage first"):
+        pair.run(p)
+    filter_stage.run(p)
+    m = pair.run(p)
+    assert m["pairs"] > 0 and m["lines_read"] == 480
+    # Same file name, other content: the catalog no longer describes the input, and pair says so.
+    lines = Path("data/demo/rollouts.jsonl").read_bytes().splitlines(keepends=True)
+    Path("data/demo/rollouts.jsonl").write_bytes(b"".join(lines[: len(lines) // 2]))
+    with pytest.raises(StageError, match="made from other rollouts .*: rerun the filter stage"):
+        pair.run(p)
+    filter_stage.run(p)
+    half = pair.run(p)
+    assert half["lines_read"] == len(lines) // 2 and 0 < half["pairs"] < m["pairs"]
 
 
 @pytest.mark.parametrize("columns", ["SFT_COLUMNS", "PAIR_COLUMNS"])
@@ -249,15 +273,16 @@ def test_pairs_from_gzip_input_equal_those_from_the_plain_file(workdir, tiny_mod
 
     from datasets import load_dataset
 
-    from gymtrl.stages import demo
-
-    demo.run(parse_params({}), "demo", "demo.json")
+    demo.run(make_params())
     Path("gz").mkdir()
-    Path("gz/rollouts.jsonl.gz").write_bytes(gzip.compress(Path("demo/rollouts.jsonl").read_bytes()))
+    Path("gz/rollouts.jsonl.gz").write_bytes(gzip.compress(Path("data/demo/rollouts.jsonl").read_bytes()))
     runs = {}
-    for name, src in (("plain", "demo/rollouts.jsonl"), ("gz", "gz/rollouts.jsonl.gz")):
-        p = parse_params({"data": {"rollouts": src, "workers": 2}, "pair": {"strategy": "all_pairs"}})
-        m = pair.run(p, tiny_model_dir, f"pairs_{name}", f"m/{name}.json", catalog_dir=None)
+    for name, src in (("plain", "data/demo/rollouts.jsonl"), ("gz", "gz/rollouts.jsonl.gz")):
+        p = make_params(data={"rollouts": src, "workers": 2}, pair={"strategy": "all_pairs"},
+                        paths={"base_model": str(tiny_model_dir), "catalog": f"cat_{name}", "filtered": f"f_{name}",
+                               "pairs": f"pairs_{name}"})
+        filter_stage.run(p)
+        m = pair.run(p)
         ds = load_dataset("parquet", data_files=f"pairs_{name}/train.parquet", split="train")
         runs[name] = (m, [{k: v for k, v in r.items() if not k.endswith("_source")} for r in ds])
     assert runs["plain"] == runs["gz"] and runs["gz"][0]["pairs"] > 20

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import raw_params
 from gymtrl.io import read_json, read_jsonl
-from gymtrl.params import parse_params
+from gymtrl.params import deep_merge, parse_params
 from gymtrl.stages import convert, demo, evaluate, filter as filter_stage, pair, train
 from gymtrl.stages.common import StageError
 
@@ -16,33 +17,31 @@ TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_
               "save_steps": 2}
 
 
-def tiny_params(**over):
-    raw = {
-        "data": {"rollouts": "data/demo/rollouts.jsonl"},
-        "demo": {"train_tasks": 8, "eval_tasks": 6, "num_repeats": 4, "seed": 3},
-        "train": {"max_examples": 8, "sft": dict(TINY_TRAIN), "dpo": dict(TINY_TRAIN)},
-        "eval": {"tasks": "data/demo/tasks_eval.jsonl", "max_new_tokens": 12, "max_turns": 2, "batch_size": 4},
-    }
-    for k, v in over.items():
-        raw.setdefault(k, {}).update(v)
-    return parse_params(raw)
+def tiny_raw(tiny_model_dir, **over) -> dict:
+    """The repository's params on a small demo, with the tiny model as the base model."""
+    return deep_merge(raw_params(
+        demo={"train_tasks": 8, "eval_tasks": 6, "num_repeats": 4, "seed": 3},
+        train={"max_examples": 8, "sft": TINY_TRAIN, "dpo": TINY_TRAIN},
+        eval={"max_new_tokens": 12, "max_turns": 2, "batch_size": 4},
+        paths={"base_model": str(tiny_model_dir)}), over)
+
+
+def tiny_params(tiny_model_dir, **over):
+    return parse_params(tiny_raw(tiny_model_dir, **over))
 
 
 @pytest.fixture
 def data_ready(workdir, tiny_model_dir):
-    p = tiny_params()
-    demo.run(p, "data/demo", "metrics/demo.json")
-    filter_stage.run(p, "data/filtered", "metrics/filter.json")
-    convert.run(p, "data/filtered", tiny_model_dir, "data/sft", "metrics/convert.json")
-    pair.run(tiny_params(pair={"strategy": "all_pairs"}), tiny_model_dir, "data/pairs", "metrics/pair.json")
+    p = tiny_params(tiny_model_dir, pair={"strategy": "all_pairs"})
+    for stage in (demo, filter_stage, convert, pair):
+        stage.run(p)
     return workdir
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "sft+dpo"])
 def test_train_then_evaluate(data_ready, tiny_model_dir, method):
-    p = tiny_params(train={"method": method})
-    m = train.run(p, tiny_model_dir, "data/sft", "data/pairs", "models/trained", "ckpt", "dvclive/train",
-                  "metrics/train.json")
+    p = tiny_params(tiny_model_dir, train={"method": method})
+    m = train.run(p)
     for kind in method.split("+"):
         assert m[kind]["examples"] == 8 and m[kind]["steps"] == 2 and m[kind]["train_loss"] > 0
         assert Path(f"dvclive/train/{kind}/plots/metrics/loss.tsv").exists()
@@ -50,7 +49,7 @@ def test_train_then_evaluate(data_ready, tiny_model_dir, method):
     assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
     card = (out / "README.md").read_text()
     assert f"method: {method}" in card and m["fingerprint"] in card
-    result = evaluate.run(p, tiny_model_dir, "models/trained", "data/eval", "metrics", "plots")
+    result = evaluate.run(p)
     base, trained = read_json("metrics/baseline.json"), read_json("metrics/eval.json")
     assert base["n"] == trained["n"] == 6 == result["trained"]["n"]
     lo, hi = trained["success_rate_ci95_low"], trained["success_rate_ci95_high"]
@@ -65,30 +64,29 @@ def test_train_then_evaluate(data_ready, tiny_model_dir, method):
 
 
 def test_resume_from_checkpoint(data_ready, tiny_model_dir):
-    p = tiny_params(train={"sft": {**TINY_TRAIN, "save_steps": 1}})
-    first = train.run(p, tiny_model_dir, "data/sft", "data/pairs", "models/trained", "ckpt", "live", "m.json")
+    p = tiny_params(tiny_model_dir, train={"sft": {"save_steps": 1}})
+    first = train.run(p)
     assert first["sft"]["resumed_from"] is None
     # A killed run leaves checkpoints but no model; the next run picks them up instead of starting over.
     import shutil
 
     shutil.rmtree("models/trained")
-    second = train.run(p, tiny_model_dir, "data/sft", "data/pairs", "models/trained", "ckpt", "live", "m.json")
+    second = train.run(p)
     assert second["sft"]["resumed_from"].endswith("checkpoint-2")
     assert (Path("models/trained") / "model.safetensors").exists()
     # Changed params: old checkpoints must not be resumed.
-    p2 = tiny_params(train={"seed": 7, "sft": {**TINY_TRAIN, "save_steps": 1}})
-    third = train.run(p2, tiny_model_dir, "data/sft", "data/pairs", "models/trained", "ckpt", "live", "m.json")
+    p2 = tiny_params(tiny_model_dir, train={"seed": 7, "sft": {"save_steps": 1}})
+    third = train.run(p2)
     assert third["sft"]["resumed_from"] is None
 
 
 def test_train_refuses_empty_or_too_long_data(data_ready, tiny_model_dir):
-    p = tiny_params(train={"sft": {**TINY_TRAIN, "max_length": 16}})
+    p = tiny_params(tiny_model_dir, train={"sft": {"max_length": 16}})
     with pytest.raises(StageError, match=r"all 8 sft examples are longer than train.sft.max_length=16"):
-        train.run(p, tiny_model_dir, "data/sft", "data/pairs", "out", "ckpt", "live", "m.json")
-    pair.run(tiny_params(pair={"min_diff": 5.0}), tiny_model_dir, "empty_pairs", "m.json")
+        train.run(p)
+    pair.run(tiny_params(tiny_model_dir, pair={"min_diff": 5.0}, paths={"pairs": "empty_pairs"}))
     with pytest.raises(StageError, match="dpo dataset is empty"):
-        train.run(tiny_params(train={"method": "dpo"}), tiny_model_dir, "data/sft", "empty_pairs", "out", "ckpt",
-                  "live", "m.json")
+        train.run(tiny_params(tiny_model_dir, train={"method": "dpo"}, paths={"pairs": "empty_pairs"}))
 
 
 GYM_STUB = '''
@@ -109,13 +107,13 @@ def test_gym_backend_reads_what_the_command_writes(data_ready, tiny_model_dir):
     Path("stub.py").write_text(GYM_STUB)
     Path("models/trained").mkdir(parents=True)
     cmd = f"{sys.executable} stub.py {{tasks}} {{output}} {{model}}"
-    p = tiny_params(eval={"backend": "gym", "gym_command": cmd})
-    evaluate.run(p, "models/base", "models/trained", "data/eval", "metrics", "plots")
+    p = tiny_params(tiny_model_dir, eval={"backend": "gym", "gym_command": cmd})
+    evaluate.run(p)
     base, trained = read_json("metrics/baseline.json"), read_json("metrics/eval.json")
     assert base["success_rate"] == 0.0 and trained["success_rate"] == 0.5 and trained["delta_success_rate"] == 0.5
-    failing = tiny_params(eval={"backend": "gym", "gym_command": "exit 3"})
+    failing = tiny_params(tiny_model_dir, eval={"backend": "gym", "gym_command": "exit 3"})
     with pytest.raises(StageError, match="exited with 3"):
-        evaluate.run(failing, "models/base", "models/trained", "data/eval", "metrics", "plots")
+        evaluate.run(failing)
 
 
 def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
@@ -126,16 +124,15 @@ def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "accelerate's launcher is installed with the project"
-    raw = {"data": {"rollouts": "data/demo/rollouts.jsonl"},
-           "train": {"max_examples": 4, "sft": {**TINY_TRAIN, "save_steps": 10}}}
+    raw = tiny_raw(tiny_model_dir, train={"max_examples": 4, "sft": {"save_steps": 10}},
+                   paths={"trained_model": "models/accel", "checkpoints": "ckpt_accel", "training_logs": "live_accel",
+                          "metrics": "metrics_accel"})
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gymtrl.cli", "train",
-                           "--model", str(tiny_model_dir), "--out", "models/accel", "--checkpoints", "ckpt_accel",
-                           "--live", "live_accel", "--metrics", "metrics/accel.json"],
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "gymtrl.stages.train"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert read_json("metrics/accel.json")["sft"]["examples"] == 4
+    assert read_json("metrics_accel/train.json")["sft"]["examples"] == 4
     assert (Path("models/accel") / "model.safetensors").exists()
 
 
@@ -147,11 +144,9 @@ def test_kill_9_during_training_resumes_from_the_last_checkpoint(data_ready, tin
 
     import yaml
 
-    raw = {"data": {"rollouts": "data/demo/rollouts.jsonl"},
-           "train": {"max_examples": 8, "sft": {**TINY_TRAIN, "num_train_epochs": 10, "save_steps": 1,
-                                                "save_total_limit": 2}}}
+    raw = tiny_raw(tiny_model_dir, train={"sft": {"num_train_epochs": 10, "save_steps": 1, "save_total_limit": 2}})
     Path("params.yaml").write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "gymtrl.cli", "train", "--model", str(tiny_model_dir)]
+    cmd = [sys.executable, "-m", "gymtrl.stages.train"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(Path("checkpoints/train/sft").glob("checkpoint-3")):

@@ -1,6 +1,6 @@
 """Responses API items (what Gym writes) -> chat messages (what chat templates and TRL read).
 
-Pure functions. The rules follow Gym's own `responses_converter.py` (see GYM_FORMAT.md):
+Pure functions. The rules follow Gym's own converter (`nemo_gym/responses_converter.py`, newer Gym):
 consecutive assistant items (reasoning, text, function calls) form ONE assistant turn; a user, system,
 developer or tool item ends it; `function_call_output` becomes a `tool` message.
 

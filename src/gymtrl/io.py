@@ -187,9 +187,6 @@ class ParquetWriter:
         self._writer = pq.ParquetWriter(self._tmp, self.schema)
         self.rows = 0
 
-    def write(self, row: dict) -> None:
-        self.write_encoded(encode_row(row, self.columns))
-
     def write_encoded(self, row: dict) -> None:
         """Adds a row already passed through `encode_row` (e.g. by a worker process)."""
         self._buffer.append(row)

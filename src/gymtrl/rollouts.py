@@ -1,8 +1,8 @@
 """Streaming reader for Gym rollout files.
 
 Constant memory: lines are read one at a time (plain or gzip), and each line ends up in exactly one
-bucket: a valid `Rollout`, or `Invalid` with a reason. Which valid rollouts a stage keeps is the
-stage's business (filter.py, pair.py).
+bucket: a valid `Rollout`, or `Rejected` with a reason. This module only reads and parses: spreading
+the work over processes is chunks.py / catalog.py, and which rollouts to keep is the stages' business.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import orjson
 
@@ -206,7 +206,7 @@ def line_digest(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
 
 
-def _duplicate(line: Line) -> Rejected:
+def duplicate(line: Line) -> Rejected:
     return Rejected(line, "dropped", "duplicate", "identical to an earlier line")
 
 
@@ -219,113 +219,10 @@ def scan(files: Iterable[Path], merge_system: bool = True) -> Iterator[Rollout |
             if isinstance(result, Rollout):
                 digest = line_digest(line.raw)
                 if digest in seen:
-                    result = _duplicate(line)
+                    result = duplicate(line)
                 else:
                     seen.add(digest)
             yield result
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What filter and pair need of a valid rollout: no record, no messages (cheap to send between
-    processes). `line.raw` is empty unless the caller asked for it (`want_raw`)."""
-
-    line: Line
-    reward: float
-    task_key: str
-    turns: int
-
-
-def line_ranges(path: Path, chunk_bytes: int = 4_000_000) -> Iterator[tuple[int, int]]:
-    """[start, end) byte ranges of a plain file, each starting at a line start."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        start = 0
-        while start < size:
-            end = start + chunk_bytes
-            if end < size:
-                f.seek(end)
-                f.readline()
-                end = f.tell()
-            yield start, min(end, size)
-            start = end
-
-
-def read_range(path: str, start: int, end: int) -> list[tuple[int, bytes]]:
-    """The (offset, line) pairs of one range, split exactly as `iter_lines` splits the file."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    parts = data.split(b"\n")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    out, offset = [], start
-    for raw in parts:
-        out.append((offset, raw.rstrip(b"\r")))
-        offset += len(raw) + 1
-    return out
-
-
-def scan_jobs(files: Iterable[Path], chunk_bytes: int = 4_000_000) -> Iterator[tuple]:
-    """Work units for `summaries`: byte ranges that a worker reads itself (plain files), or batches of
-    lines read here (gzip cannot be split)."""
-    from .parallel import batched
-
-    for path in files:
-        if path.name.endswith(".gz"):
-            lines = ((line.offset, line.raw) for line in iter_lines(path))
-            for batch in batched(lines, lambda x: len(x[1]), max_bytes=chunk_bytes):
-                yield ("lines", str(path), batch)
-        else:
-            for start, end in line_ranges(path, chunk_bytes):
-                yield ("range", str(path), start, end)
-
-
-def job_lines(job: tuple) -> list[tuple[int, bytes]]:
-    return read_range(*job[1:]) if job[0] == "range" else job[2]
-
-
-@dataclass(frozen=True)
-class ScanContext:
-    merge_system: bool
-    # Which valid rollouts the caller needs the raw line of (filter: the kept ones); None = none.
-    want_raw: Callable[[Summary], bool] | None = None
-
-
-def _summarize_job(ctx: ScanContext, job: tuple) -> list[tuple]:
-    """Worker side of `summaries`: one compact tuple per line of the job."""
-    out = []
-    for offset, raw in job_lines(job):
-        item = parse_line(Line("", 0, offset, raw), ctx.merge_system)
-        if isinstance(item, Rollout):
-            keep_raw = ctx.want_raw is not None and ctx.want_raw(
-                Summary(item.line, item.reward, item.task_key, item.turns))
-            out.append((offset, item.reward, item.task_key, item.turns, line_digest(raw), raw if keep_raw else b""))
-        else:
-            out.append((offset, item.bucket, item.reason, item.detail))
-    return out
-
-
-def summaries(files: Iterable[Path], merge_system: bool = True, workers: int = 1,
-              want_raw: Callable[[Summary], bool] | None = None) -> Iterator[Summary | Rejected]:
-    """`scan`, summarized: the same verdicts in the same order, with the reading and parsing spread over
-    `workers` processes. This process only numbers the lines and finds duplicates."""
-    from .parallel import ordered_map
-
-    seen: set[bytes] = set()
-    source, lineno = None, 0
-    for job, results in ordered_map(_summarize_job, ScanContext(merge_system, want_raw), scan_jobs(files), workers):
-        if job[1] != source:
-            source, lineno = job[1], 0
-        for r in results:
-            lineno += 1
-            if len(r) == 4:
-                yield Rejected(Line(source, lineno, r[0], b""), *r[1:])
-            elif r[4] in seen:
-                yield _duplicate(Line(source, lineno, r[0], b""))
-            else:
-                seen.add(r[4])
-                yield Summary(Line(source, lineno, r[0], r[5]), r[1], r[2], r[3])
 
 
 def total_bytes(files: Iterable[Path]) -> int:

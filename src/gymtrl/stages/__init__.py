@@ -1,1 +1,2 @@
-"""One module per pipeline stage; each has a `run(params, ...)` that the CLI calls."""
+"""One module per pipeline stage, named as in dvc.yaml; each has `run(params) -> metrics` and runs as
+`python -m gymtrl.stages.<name>`."""

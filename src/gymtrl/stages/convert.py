@@ -10,19 +10,24 @@ template cannot render at all is reported here instead of failing inside trainin
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from ..chat import ChatFormat, Conversation, format_messages
+from ..chunks import FileJob, file_jobs, job_lines
 from ..faithful import PIECE_KINDS, TemplateMismatch, lost_pieces, pieces, training_samples
 from ..io import Columns, ParquetWriter, atomic_dir, encode_row, read_jsonl, write_json
+from ..models import chat_format, load_chat_tokenizer
 from ..parallel import ordered_map, resolve_workers
 from ..params import Params
-from ..rollouts import Line, Rejected, job_lines, parse_line, scan_jobs
+from ..rollouts import Line, Rejected, Rollout, parse_line
 from ..templates import render
-from .common import RejectLog, StageError, log
+from .common import RejectLog, StageError, log, main
+
+METRICS = "convert.json"
 
 
 SFT_COLUMNS: Columns = {"messages": "json_list", "tools": "json", "task_key": "string", "reward": "float64",
@@ -86,12 +91,18 @@ class RowStats(NamedTuple):
     samples: int  # training texts the row gives (more than one where the template rewrites history)
 
 
+class NotConverted(NamedTuple):
+    bucket: str  # invalid | dropped
+    reason: str  # content_lost | template_error | template_mismatch | a reader's invalid reason
+    detail: str
+
+
 class Converted(NamedTuple):
     """A worker's verdict on one kept line: an encoded row, or why it was not converted."""
 
     row: dict | None = None
     stats: RowStats | None = None
-    rejected: tuple[str, str, str] | None = None  # (bucket, reason, detail)
+    rejected: NotConverted | None = None
     lost: dict[str, int] | None = None  # on a row rejected for lost content
 
 
@@ -111,24 +122,24 @@ def check_row(tokenizer, row: dict, conv: Conversation, fmt: ChatFormat, text: s
 
 def row_verdict(ctx: RowContext, row: dict, conv: Conversation, text) -> Converted:
     if isinstance(text, Exception):
-        return Converted(rejected=("invalid", "template_error", f"{type(text).__name__}: {text}"[:200]))
+        return Converted(rejected=NotConverted("invalid", "template_error", f"{type(text).__name__}: {text}"[:200]))
     try:
         lost, samples = check_row(ctx.tokenizer, row, conv, ctx.fmt, text)
     except TemplateMismatch as err:
-        return Converted(rejected=("invalid", "template_mismatch", str(err)[:200]))
+        return Converted(rejected=NotConverted("invalid", "template_mismatch", str(err)[:200]))
     except Exception as err:  # rendering a prefix of the row failed
-        return Converted(rejected=("invalid", "template_error", f"{type(err).__name__}: {err}"[:200]))
+        return Converted(rejected=NotConverted("invalid", "template_error", f"{type(err).__name__}: {err}"[:200]))
     if lost and ctx.on_loss == "reject":
         detail = ", ".join(f"{n} {kind}" for kind, n in lost.items()) + " not in the rendered text"
-        return Converted(rejected=("dropped", "content_lost", detail), lost=lost)
+        return Converted(rejected=NotConverted("dropped", "content_lost", detail), lost=lost)
     stats = RowStats([m["role"] for m in row["messages"]], sum(len(m.get("tool_calls", [])) for m in row["messages"]),
                      any(m.get("reasoning_content") for m in conv.messages), conv.unanswered_calls,
                      conv.skipped_tools, lost, samples)
     return Converted(row=encode_row(row, SFT_COLUMNS), stats=stats)
 
 
-def convert_rollout(ctx: RowContext, item) -> tuple[dict, Converted]:
-    """One parsed rollout (rollouts.Rollout) -> its row and verdict, rendered alone (convert_lines renders
+def convert_rollout(ctx: RowContext, item: Rollout) -> tuple[dict, Converted]:
+    """One parsed rollout -> its row and verdict, rendered alone (convert_lines renders
     rows in batches; the verdicts are the same)."""
     row = sft_row(item.conversation, ctx.fmt, item.task_key, item.reward, item.line)
     try:
@@ -145,7 +156,7 @@ def convert_lines(ctx: RowContext, lines: list[Line]) -> list[Converted]:
     for origin in lines:
         parsed = parse_line(origin, ctx.merge_system)
         if isinstance(parsed, Rejected):  # cannot happen for filter output unless it was edited
-            out.append(Converted(rejected=(parsed.bucket, parsed.reason, parsed.detail)))
+            out.append(Converted(rejected=NotConverted(parsed.bucket, parsed.reason, parsed.detail)))
             continue
         built.append((len(out), sft_row(parsed.conversation, ctx.fmt, parsed.task_key, parsed.reward, origin),
                       parsed.conversation))
@@ -156,23 +167,22 @@ def convert_lines(ctx: RowContext, lines: list[Line]) -> list[Converted]:
     return out
 
 
-def _convert_job(ctx: RowContext, job: tuple, chunk: int = 64) -> list[Converted]:
+def _convert_job(ctx: RowContext, job: FileJob, chunk: int = 64) -> list[Converted]:
     lines = [Line("", 0, offset, raw) for offset, raw in job_lines(job)]
     # A few rows at a time: holding a whole job's parsed rows alive makes Python's GC slower than
     # the batched render saves.
     return [r for i in range(0, len(lines), chunk) for r in convert_lines(ctx, lines[i:i + chunk])]
 
 
-def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", out_dir="data/sft",
-        metrics_path="metrics/convert.json") -> dict:
-    from ..models import chat_format, load_chat_tokenizer
-
+def run(params: Params) -> dict:
+    paths = params.paths
+    model_dir, out_dir = paths.base_model, paths.sft
     tokenizer = load_chat_tokenizer(model_dir, params.model.trust_remote_code)
     fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
     log(f"chat format for {model_dir}: {fmt}")
     if not fmt.tool_schemas:
         log("convert: this chat template never shows tool definitions; the model sees none at inference either")
-    filtered = Path(filtered_dir)
+    filtered = Path(paths.filtered)
     roles: Counter = Counter()
     stats: Counter = Counter()
     lost: Counter = Counter()
@@ -189,7 +199,7 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
         index = read_jsonl(filtered / "index.jsonl")
         mismatch = StageError(f"convert: {filtered}/index.jsonl does not match rollouts.jsonl line for line; "
                               "rerun filter")
-        for _, results in ordered_map(_convert_job, ctx, scan_jobs([filtered / "rollouts.jsonl"]), workers):
+        for _, results in ordered_map(_convert_job, ctx, file_jobs([filtered / "rollouts.jsonl"]), workers):
             for result in results:
                 entry = next(index, None)
                 if entry is None:
@@ -197,7 +207,7 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
                 origin = Line(entry["source"], entry["line"], 0, b"")
                 if result.rejected:
                     rejects.add(Rejected(origin, *result.rejected))
-                    reason = result.rejected[1]
+                    reason = result.rejected.reason
                     stats[reason if reason in ("template_error", "template_mismatch", "content_lost") else "invalid"] += 1
                     lost.update(result.lost or {})
                     stats["rows_with_loss"] += bool(result.lost)
@@ -234,5 +244,9 @@ def run(params: Params, filtered_dir="data/filtered", model_dir="models/base", o
                                  "rows_with_loss", "rows_split", "content_lost", "template_error",
                                  "template_mismatch", "invalid")},
     }
-    write_json(metrics_path, m)
+    write_json(Path(paths.metrics) / METRICS, m)
     return m
+
+
+if __name__ == "__main__":
+    sys.exit(main("convert", run))

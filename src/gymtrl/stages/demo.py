@@ -6,20 +6,24 @@ filtering matters and DPO pairs exist. Users with their own Gym rollouts point d
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
-from ..env.agents import reference_rollouts
+from ..env.reference_agent import reference_rollouts
 from ..env.tasks import make_split
 from ..io import write_json, write_jsonl
 from ..params import Params
+from .common import main
+
+METRICS = "demo.json"
 
 
-def run(params: Params, out_dir="data/demo", metrics_path="metrics/demo.json") -> dict:
+def run(params: Params) -> dict:
     p = params.demo
     train, held_out = make_split(p.train_tasks, p.eval_tasks, p.seed)
     records = reference_rollouts(train, p.num_repeats, p.seed)
-    out = Path(out_dir)
+    out = Path(params.paths.demo)
     write_jsonl(out / "tasks_train.jsonl", train)
     write_jsonl(out / "tasks_eval.jsonl", held_out)
     write_jsonl(out / "rollouts.jsonl", records)
@@ -32,5 +36,9 @@ def run(params: Params, out_dir="data/demo", metrics_path="metrics/demo.json") -
         "avg_reward": round(sum(r["reward"] for r in records) / len(records), 6),
         "success_rate": round(sum(r["reward"] >= params.eval.success_threshold for r in records) / len(records), 6),
     }
-    write_json(metrics_path, m)
+    write_json(Path(params.paths.metrics) / METRICS, m)
     return m
+
+
+if __name__ == "__main__":
+    sys.exit(main("demo", run))

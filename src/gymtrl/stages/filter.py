@@ -1,31 +1,37 @@
 """filter: keep rollouts with reward >= min_reward and turns within [min_turns, max_turns].
 
-Outputs (DVC outs): `<out>/rollouts.jsonl` (each kept line byte for byte as it was),
-`<out>/index.jsonl` (source, line, task key, reward and turns of each kept line, same order) and
-`<out>/rejects.jsonl` (every line not kept: file, line number, bucket, reason). Counts go to
-`metrics/filter.json` and add up to the number of lines read.
+Outputs (in `paths.filtered`): `rollouts.jsonl` (each kept line byte for byte as it was), `index.jsonl`
+(source, line, task key, reward and turns of each kept line, same order) and `rejects.jsonl` (every
+line not kept: file, line number, bucket, reason). Counts go to `<paths.metrics>/filter.json` and add up
+to the number of lines read.
 
-Filter reads and validates every line anyway, so it also writes the catalog (`data/catalog`, see
-common.py): every valid rollout's task key, reward and byte offset, whatever the filter's verdict. The
+Filter reads and validates every line anyway, so it also writes the catalog (`paths.catalog`, see
+catalog.py): every valid rollout's task key, reward and byte offset, whatever the filter's verdict. The
 pair stage groups that instead of parsing the whole input a second time.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from ..catalog import CatalogEntry, CatalogWriter, scan
 from ..io import atomic_dir, dumps, write_json
-from ..params import FilterParams, Params
 from ..parallel import resolve_workers
-from ..rollouts import Rejected, Summary, resolve_sources, summaries, total_bytes
-from .common import CatalogWriter, RejectLog, StageError, describe
+from ..params import FilterParams, Params
+from ..rollouts import Rejected, resolve_sources, total_bytes
+from ..stats import RunningStats
+from .common import RejectLog, StageError, describe, main
+
+METRICS = "filter.json"
+PLOTS = "filter_rewards.json"
 
 
-def decide(item: Summary | Rejected, p: FilterParams) -> Summary | Rejected:
-    """The filter's verdict on one parsed line."""
+def decide(item: CatalogEntry | Rejected, p: FilterParams) -> CatalogEntry | Rejected:
+    """The filter's verdict on one scanned line."""
     if isinstance(item, Rejected):
         return item
     if item.reward < p.min_reward:
@@ -37,24 +43,8 @@ def decide(item: Summary | Rejected, p: FilterParams) -> Summary | Rejected:
     return item
 
 
-def is_kept(p: FilterParams, item: Summary) -> bool:
+def is_kept(p: FilterParams, item: CatalogEntry) -> bool:
     return not isinstance(decide(item, p), Rejected)
-
-
-@dataclass
-class RunningStats:
-    n: int = 0
-    total: float = 0.0
-    low: float = float("inf")
-    high: float = float("-inf")
-
-    def add(self, x: float) -> None:
-        self.n, self.total, self.low, self.high = self.n + 1, self.total + x, min(self.low, x), max(self.high, x)
-
-    def as_dict(self) -> dict:
-        if not self.n:
-            return {"n": 0}
-        return {"n": self.n, "min": self.low, "max": self.high, "mean": round(self.total / self.n, 6)}
 
 
 @dataclass
@@ -69,7 +59,7 @@ class Tally:
     # Reward distribution before/after filtering, rounded to 2 decimals so memory stays bounded.
     histogram: dict[float, list[int]] = field(default_factory=dict)
 
-    def add(self, item: Summary | Rejected, reward: float | None) -> None:
+    def add(self, item: CatalogEntry | Rejected, reward: float | None) -> None:
         self.lines_read += 1
         if reward is not None:
             self.rewards_read.add(reward)
@@ -115,27 +105,27 @@ def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
     )
 
 
-def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str | Path = "metrics/filter.json",
-        plots_path: str | Path | None = None, catalog_dir: str | Path | None = "data/catalog") -> dict:
+def run(params: Params) -> dict:
+    paths = params.paths
     sources = resolve_sources(params.rollout_specs)
     describe(sources)
     if not sources.files:
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
     tally = Tally()
     with (
-        atomic_dir(out_dir) as out,
+        atomic_dir(paths.filtered) as out,
         open(out / "rollouts.jsonl", "wb") as kept_f,
         open(out / "index.jsonl", "wb") as index_f,
         open(out / "rejects.jsonl", "wb") as rejects_f,
-        CatalogWriter(catalog_dir, sources.files, params.convert.merge_system) as catalog,
+        CatalogWriter(paths.catalog, sources.files, params.convert.merge_system) as catalog,
     ):
         rejects = RejectLog(rejects_f)
         workers = resolve_workers(params.data.workers, total_bytes(sources.files))
-        for parsed in summaries(sources.files, params.convert.merge_system, workers,
-                                want_raw=partial(is_kept, params.filter)):
-            item = decide(parsed, params.filter)
-            tally.add(item, parsed.reward if isinstance(parsed, Summary) else None)
-            catalog.add(parsed)
+        for scanned in scan(sources.files, params.convert.merge_system, workers,
+                            want_raw=partial(is_kept, params.filter)):
+            item = decide(scanned, params.filter)
+            tally.add(item, scanned.reward if isinstance(scanned, CatalogEntry) else None)
+            catalog.add(scanned)
             if isinstance(item, Rejected):
                 rejects.add(item)
                 continue
@@ -150,7 +140,10 @@ def run(params: Params, out_dir: str | Path = "data/filtered", metrics_path: str
         m["files_skipped"] = len(sources.skipped)
         if tally.kept == 0:
             raise StageError(nothing_kept_message(m, params.filter, len(sources.files)))
-    write_json(metrics_path, m)
-    if plots_path:
-        write_json(plots_path, tally.histogram_rows())
+    write_json(Path(paths.metrics) / METRICS, m)
+    write_json(Path(paths.plots) / PLOTS, tally.histogram_rows())
     return m
+
+
+if __name__ == "__main__":
+    sys.exit(main("filter", run))

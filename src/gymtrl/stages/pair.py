@@ -1,13 +1,14 @@
 """pair: DPO preference pairs from ALL rollouts (not only the filtered ones).
 
-Rollouts are grouped by task key and sorted by reward; `strategy` picks pairs whose reward gap is
->= min_diff. Memory stays flat on large inputs: only (task key, reward, file, offset) is kept per
-rollout, from filter's catalog (or, without one, from a pass over the input); then just the lines a
-pair uses are read back. Invalid and duplicate lines are counted here and listed by filter.
+Rollouts are grouped by task key and sorted by reward; `pair.strategy` picks pairs whose reward gap is
+>= `pair.min_diff`. Memory stays flat on large inputs: the grouping reads filter's catalog (task key,
+reward, file, offset per rollout; a declared dependency of this stage), then only the lines a pair
+uses are read back. Invalid and duplicate lines are counted from the catalog and listed by filter.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from array import array
 from collections import Counter
@@ -15,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from ..chat import format_messages
+from ..catalog import CatalogEntry, CatalogError, read_catalog
+from ..chat import ChatFormat, format_messages
 from ..io import Columns, ParquetWriter, atomic_dir, encode_row, write_json
+from ..models import chat_format
 from ..parallel import batched, ordered_map, resolve_workers
 from ..params import Params
-from ..rollouts import (Line, Rollout, Summary, open_binary, parse_line, read_line_at, resolve_sources, summaries,
-                        total_bytes)
-from .common import CatalogWriter, StageError, describe, log, read_catalog
+from ..rollouts import Line, Rollout, open_binary, parse_line, read_line_at, resolve_sources, total_bytes
+from .common import StageError, describe, log, main
+
+METRICS = "pair.json"
 
 
 class Entry(NamedTuple):
@@ -33,23 +37,27 @@ class Entry(NamedTuple):
     order: int  # position in the input: ties in reward keep input order, so pairs are deterministic
 
 
+class Pair(NamedTuple):
+    chosen: Entry
+    rejected: Entry
+
+
 @dataclass(frozen=True)
 class PairPlan:
-    pairs: list[tuple[Entry, Entry]]  # (chosen, rejected)
+    pairs: list[Pair]
     stats: dict
 
 
 class _EntryTable:
-    """Entries stored column-wise (48 bytes per rollout instead of ~250 as objects), so that grouping a
-    GB-sized input stays within a few MB."""
+    """Entries stored column-wise (about 50 bytes per rollout instead of ~250 as objects), so that
+    grouping a GB-sized input stays within a few MB; each task's rows are listed as they arrive."""
 
     def __init__(self, entries: Iterable[Entry]):
-        self.keys: dict[str, int] = {}
-        self.group = array("l")
+        self.rows: dict[str, array] = {}  # task key -> row numbers, in input order
         self.reward, self.file, self.offset = array("d"), array("l"), array("q")
         self.lineno, self.order = array("q"), array("q")
-        for e in entries:
-            self.group.append(self.keys.setdefault(e.task_key, len(self.keys)))
+        for i, e in enumerate(entries):
+            self.rows.setdefault(e.task_key, array("q")).append(i)
             self.reward.append(e.reward)
             self.file.append(e.file)
             self.offset.append(e.offset)
@@ -58,28 +66,16 @@ class _EntryTable:
 
     def groups(self) -> Iterator[list[Entry]]:
         """Each task's entries, tasks in key order, entries in input order."""
-        names = list(self.keys)
-        rank = array("l", [0] * len(names))
-        for r, g in enumerate(sorted(range(len(names)), key=names.__getitem__)):
-            rank[g] = r
-        # One int per key (not a tuple): the sort's keys are the largest transient allocation here.
-        members = sorted(range(len(self.group)), key=lambda i: rank[self.group[i]] << 48 | self.order[i])
-        start = 0
-        while start < len(members):
-            g = self.group[members[start]]
-            end = start
-            while end < len(members) and self.group[members[end]] == g:
-                end += 1
-            yield [Entry(names[g], self.reward[i], self.file[i], self.offset[i], self.lineno[i], self.order[i])
-                   for i in members[start:end]]
-            start = end
+        for key in sorted(self.rows):
+            yield [Entry(key, self.reward[i], self.file[i], self.offset[i], self.lineno[i], self.order[i])
+                   for i in self.rows[key]]
 
 
 def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> PairPlan:
     """Pure pairing logic: groups, sorts, and picks (chosen, rejected) per strategy."""
     table = _EntryTable(entries)
-    pairs: list[tuple[Entry, Entry]] = []
-    stats = Counter(groups=len(table.keys))
+    pairs: list[Pair] = []
+    stats = Counter(groups=len(table.rows))
     # A tiny tolerance so that 0.9 - 0.8 counts as a 0.1 gap despite binary floating point.
     eps = 1e-9
     for members in table.groups():
@@ -91,16 +87,23 @@ def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> Pair
             stats["groups_all_tied"] += 1
             continue
         if strategy == "top_vs_second":
-            candidates = [(group[0], group[1])]
+            candidates = [Pair(group[0], group[1])]
         elif strategy == "top_vs_bottom":
-            candidates = [(group[0], group[-1])]
+            candidates = [Pair(group[0], group[-1])]
         else:  # all_pairs
-            candidates = [(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
-        kept = [(a, b) for a, b in candidates if a.reward - b.reward >= min_diff - eps and a.reward > b.reward]
-        stats["below_min_diff"] += sum(1 for a, b in candidates if a.reward - b.reward < min_diff - eps)
+            candidates = [Pair(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
+        kept = [p for p in candidates
+                if p.chosen.reward - p.rejected.reward >= min_diff - eps and p.chosen.reward > p.rejected.reward]
+        stats["below_min_diff"] += sum(1 for p in candidates if p.chosen.reward - p.rejected.reward < min_diff - eps)
         stats["groups_paired"] += bool(kept)
         pairs.extend(kept)
     return PairPlan(pairs, dict(stats))
+
+
+def entries_from(catalog: Iterable[CatalogEntry], files: list[Path]) -> Iterator[Entry]:
+    file_no = {str(p): i for i, p in enumerate(files)}
+    for order, c in enumerate(catalog):
+        yield Entry(c.task_key, c.reward, file_no[c.line.source], c.line.offset, c.line.lineno, order)
 
 
 PAIR_COLUMNS: Columns = {
@@ -110,7 +113,7 @@ PAIR_COLUMNS: Columns = {
 }
 
 
-def pair_row(chosen: Rollout, rejected: Rollout, fmt) -> dict | str:
+def pair_row(chosen: Rollout, rejected: Rollout, fmt: ChatFormat) -> dict | str:
     """A TRL conversational preference row, or the reason the two cannot form one."""
     if chosen.conversation.prompt != rejected.conversation.prompt:
         return "prompt_mismatch"
@@ -131,45 +134,25 @@ def pair_row(chosen: Rollout, rejected: Rollout, fmt) -> dict | str:
     }
 
 
-def scan_rollouts(files: list[Path], merge_system: bool, workers: int, counts: CatalogWriter) -> Iterator[tuple]:
-    """Catalog rows of every valid rollout, by reading the input (when there is no catalog from filter)."""
-    for item in summaries(files, merge_system, workers):
-        counts.add(item)
-        if isinstance(item, Summary):
-            yield item.line.source, item.line.lineno, item.line.offset, item.task_key, item.reward
-
-
-def entries_from(rows: Iterable, files: list[Path]) -> Iterator[Entry]:
-    file_no = {str(p): i for i, p in enumerate(files)}
-    for order, row in enumerate(rows):
-        yield Entry(row[3], row[4], file_no[row[0]], row[2], row[1], order)
-
-
-def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_path="metrics/pair.json",
-        catalog_dir: str | Path | None = "data/catalog") -> dict:
-    from ..models import chat_format
-
-    p = params.pair
+def run(params: Params) -> dict:
+    p, paths = params.pair, params.paths
     sources = resolve_sources(params.rollout_specs)
     describe(sources)
     if not sources.files:
         raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
-    fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
+    fmt = chat_format(paths.base_model, params.convert.arguments, params.convert.reasoning,
+                      params.model.trust_remote_code)
+    try:
+        catalog = read_catalog(paths.catalog, sources.files, params.convert.merge_system)
+    except CatalogError as err:
+        raise StageError(f"pair: {err}") from None
+    counts = Counter(catalog.counts)
+    plan = plan_pairs(entries_from(catalog.entries, sources.files), p.strategy, p.min_diff)
     workers = resolve_workers(params.data.workers, total_bytes(sources.files))
-    catalog = read_catalog(catalog_dir, sources.files, params.convert.merge_system) if catalog_dir else None
-    if catalog is not None:
-        log(f"grouping the catalog {catalog_dir} (from filter) instead of reading the rollouts again")
-        meta, rows = catalog
-        counts = Counter({k: meta[k] for k in ("lines_read", "rollouts", "invalid", "duplicates")})
-    else:
-        tally = CatalogWriter(None, sources.files, params.convert.merge_system)
-        rows = scan_rollouts(sources.files, params.convert.merge_system, workers, tally)
-        counts = tally.counts  # filled while plan_pairs reads the rows
-    plan = plan_pairs(entries_from(rows, sources.files), p.strategy, p.min_diff)
     with (
         # Same file system as the output: the spool can be as large as the lines the pairs use.
-        tempfile.TemporaryDirectory(prefix=".gymtrl-pair-spool-", dir=_parent(out_dir)) as spool,
-        atomic_dir(out_dir) as out,
+        tempfile.TemporaryDirectory(prefix=".gymtrl-pair-spool-", dir=_parent(paths.pairs)) as spool,
+        atomic_dir(paths.pairs) as out,
         ParquetWriter(out / "train.parquet", PAIR_COLUMNS) as writer,
     ):
         read_from, pairs = spool_compressed(sources.files, plan.pairs, Path(spool))
@@ -200,7 +183,7 @@ def run(params: Params, model_dir="models/base", out_dir="data/pairs", metrics_p
     if m["pairs"] == 0:
         log(f"pair: no pair built ({m['groups']} task groups, {m['groups_single_rollout']} with one rollout, "
             f"{m['groups_all_tied']} all tied, {m['below_min_diff']} gaps below pair.min_diff={p.min_diff})")
-    write_json(metrics_path, m)
+    write_json(Path(paths.metrics) / METRICS, m)
     return m
 
 
@@ -210,8 +193,7 @@ def _parent(path: str | Path) -> Path:
     return parent
 
 
-def spool_compressed(files: list[Path], pairs: list[tuple[Entry, Entry]],
-                     spool: Path) -> tuple[tuple[str, ...], list[tuple[Entry, Entry]]]:
+def spool_compressed(files: list[Path], pairs: list[Pair], spool: Path) -> tuple[tuple[str, ...], list[Pair]]:
     """gzip cannot seek: reading pairs back at random offsets would decompress a file from its start
     again and again. So, in one pass per .gz file, the lines the pairs use are copied to a plain file
     in `spool`; returns the paths to read from and the pairs with offsets into those copies."""
@@ -236,7 +218,7 @@ def spool_compressed(files: list[Path], pairs: list[tuple[Entry, Entry]],
     def remap(e: Entry) -> Entry:
         return e._replace(offset=moved[e.file][e.offset]) if e.file in moved else e
 
-    return tuple(paths), [(remap(a), remap(b)) for a, b in pairs] if moved else pairs
+    return tuple(paths), [Pair(remap(a), remap(b)) for a, b in pairs] if moved else pairs
 
 
 @dataclass(frozen=True)
@@ -246,16 +228,16 @@ class ReadBack:
     files: tuple[str, ...]  # the user's files, for provenance
     read_from: tuple[str, ...]  # where to read each file's lines (a plain copy for .gz files)
     merge_system: bool
-    fmt: object  # ChatFormat
+    fmt: ChatFormat
 
 
-def _pair_batch(ctx: ReadBack, pairs: list[tuple[Entry, Entry]]) -> list[dict | str]:
+def _pair_batch(ctx: ReadBack, pairs: list[Pair]) -> list[dict | str]:
     """Worker side: reads back both lines of each pair (only those) and builds the encoded rows."""
     handles: dict[int, object] = {}
     try:
         out = []
-        for chosen_e, rejected_e in pairs:
-            chosen, rejected = (_read_back(e, ctx, handles) for e in (chosen_e, rejected_e))
+        for pair in pairs:
+            chosen, rejected = (_read_back(e, ctx, handles) for e in pair)
             row = pair_row(chosen, rejected, ctx.fmt)
             out.append(row if isinstance(row, str) else encode_row(row, PAIR_COLUMNS))
         return out
@@ -272,3 +254,7 @@ def _read_back(e: Entry, ctx: ReadBack, handles: dict) -> Rollout:
     if not isinstance(item, Rollout):
         raise StageError(f"{ctx.files[e.file]}:{e.lineno} is no longer the rollout filter catalogued; rerun filter")
     return item
+
+
+if __name__ == "__main__":
+    sys.exit(main("pair", run))

@@ -1,8 +1,9 @@
 """train: SFT (TRL SFTTrainer) on data/sft, DPO (DPOTrainer) on data/pairs, or SFT then DPO.
 
 Every TRL knob sits under `train.sft` / `train.dpo` in params.yaml and goes straight into
-`SFTConfig` / `DPOConfig`; our defaults below only fill what the user did not set.
-Checkpoints live in `checkpoints/`, outside DVC's outs (DVC deletes a stage's outs before running
+`SFTConfig` / `DPOConfig`; what params.yaml does not set is TRL's default (this module adds only
+wiring: output folder, seed, precision, no external loggers).
+Checkpoints live in `paths.checkpoints`, outside DVC's outs (DVC deletes a stage's outs before running
 it), so a killed run resumes on the next `dvc repro`; they are keyed by a hash of everything that
 shapes training, so a changed param or dataset never resumes a stale run.
 """
@@ -13,42 +14,16 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_dir, dumps, exact_json_decoding, read_json, write_json
 from ..params import Params, ParamsError
-from .common import StageError, log
+from .common import StageError, log, main
 
-# Defaults for the embedded demo on a 2-core CPU; anything in params.yaml overrides them.
-SFT_DEFAULTS = {
-    "num_train_epochs": 2,
-    "learning_rate": 1e-4,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 5,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "max_length": 512,
-    "assistant_only_loss": True,
-    "logging_steps": 5,
-    "save_steps": 25,
-    "save_total_limit": 1,
-    # TRL turns this on by default; a small model on CPU has memory to spare and trains faster without.
-    "gradient_checkpointing": False,
-}
-DPO_DEFAULTS = {
-    "num_train_epochs": 2,
-    "learning_rate": 5e-6,
-    "beta": 0.1,
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "max_length": 512,
-    "logging_steps": 5,
-    "save_steps": 25,
-    "save_total_limit": 1,
-    "gradient_checkpointing": False,
-}
+METRICS = "train.json"
 
 
 def precision(device: str) -> dict:
@@ -79,10 +54,10 @@ def precision(device: str) -> dict:
 
 
 def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str):
-    """SFTConfig / DPOConfig from defaults + params; an unknown key names itself and the section."""
+    """SFTConfig / DPOConfig from params; an unknown key names itself and the section."""
     from trl import DPOConfig, SFTConfig
 
-    cls, defaults = (SFTConfig, SFT_DEFAULTS) if kind == "sft" else (DPOConfig, DPO_DEFAULTS)
+    cls = SFTConfig if kind == "sft" else DPOConfig
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(user) - known)
     if unknown:
@@ -93,7 +68,7 @@ def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str)
     if kind == "dpo":
         ours["precompute_ref_log_probs"] = True  # no second full model in memory
     try:
-        return cls(**{**ours, **defaults, **user})
+        return cls(**{**ours, **user})
     except (TypeError, ValueError) as err:
         raise ParamsError(f"params.yaml: train.{kind}: {err}") from None
 
@@ -126,7 +101,7 @@ def load_rows(path: Path, kind: str, max_examples: int | None):
     return ds
 
 
-def _length_summary(lengths: list[int], kind: str, max_length: int | None) -> dict:
+def _check_lengths(lengths: list[int], kind: str, max_length: int | None) -> dict:
     """Token lengths before training: fails when nothing fits, reports how many get truncated."""
     if not lengths:
         raise _empty(kind)
@@ -152,7 +127,7 @@ def length_report(tokenizer, ds, max_length: int | None, fmt) -> dict:
             text = render(tokenizer, row["prompt"] + row[side], row.get("tools"), fmt)
             longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
         lengths.append(longest)
-    return _length_summary(lengths, "dpo", max_length)
+    return _check_lengths(lengths, "dpo", max_length)
 
 
 @dataclass
@@ -185,20 +160,26 @@ def sft_dataset(tokenizer, rows, fmt, assistant_only: bool, max_length: int | No
     if not encoded:
         raise _empty("sft")
     lengths = [len(e["input_ids"]) for e in encoded]
-    report = _length_summary(lengths, "sft", max_length)
+    report = _check_lengths(lengths, "sft", max_length)
     report.update({"rows": len(rows) - skipped, "rows_skipped": skipped,
                    "assistant_tokens": sum(sum(e["assistant_masks"][:max_length or None]) for e in encoded)})
     return SftData(Dataset.from_list(encoded), report, assistant_only)
 
 
 def _peft_config(params: Params):
+    """`train.lora` -> peft.LoraConfig, every field passed through, like train.sft / train.dpo."""
     if params.train.lora is None:
         return None
     from peft import LoraConfig
 
-    lora = params.train.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    unknown = sorted(set(params.train.lora) - known)
+    if unknown:
+        raise ParamsError(f"params.yaml: train.lora.{unknown[0]} is not a peft.LoraConfig field (unknown keys: {unknown})")
+    try:
+        return LoraConfig(**{**params.train.lora, "task_type": "CAUSAL_LM"})
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"params.yaml: train.lora: {err}") from None
 
 
 def _live_callback(live_dir: Path, phase: str):
@@ -271,21 +252,21 @@ def model_card(params: Params, base_info: dict, fingerprint: str, metrics: dict)
     )
 
 
-def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="data/pairs",
-        out_dir="models/trained", ckpt_dir="checkpoints/train", live_dir="dvclive/train",
-        metrics_path="metrics/train.json") -> dict:
+def run(params: Params) -> dict:
     import torch
 
     from ..models import chat_format, load_model, load_tokenizer, pick_device, stop_token_ids
 
     method = params.train.method
     phases = {"sft": ["sft"], "dpo": ["dpo"], "sft+dpo": ["sft", "dpo"]}[method]
-    data = {"sft": Path(sft_dir) / "train.parquet", "dpo": Path(pairs_dir) / "train.parquet"}
+    paths = params.paths
+    model_dir = paths.base_model
+    data = {"sft": Path(paths.sft) / "train.parquet", "dpo": Path(paths.pairs) / "train.parquet"}
     device = pick_device()
     for kind in phases:  # validate every config before any work
         build_config(kind, params.train.sft if kind == "sft" else params.train.dpo, "unused", 0, device)
 
-    ckpt_dir, live_dir = Path(ckpt_dir), Path(live_dir)
+    ckpt_dir, live_dir = Path(paths.checkpoints), Path(paths.training_logs)
     # Under `accelerate launch` every process runs this function; only the main one writes files.
     main_process = int(os.environ.get("RANK", "0")) == 0
     fingerprint = run_fingerprint(params, [data[k] for k in phases], Path(model_dir))
@@ -311,9 +292,13 @@ def run(params: Params, model_dir="models/base", sft_dir="data/sft", pairs_dir="
     # Generation stops on every token that ends an assistant turn in this template (Llama 3: <|eot_id|>
     # beside its eos; gpt-oss: <|call|> beside <|return|>), so the trained model stops where it should.
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    with atomic_dir(out_dir) as out:
+    with atomic_dir(paths.trained_model) as out:
         model.to("cpu").to(torch.float32).save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         (out / "README.md").write_text(model_card(params, base_info, fingerprint, metrics))
-    write_json(metrics_path, metrics)
+    write_json(Path(paths.metrics) / METRICS, metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(main("train", run))

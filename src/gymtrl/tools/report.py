@@ -11,7 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from .io import atomic_open
+from ..io import atomic_open
 
 
 def plot_specs(revs: list[str], repo: str | Path = ".") -> tuple[dict[str, list[dict]], list[dict]]:

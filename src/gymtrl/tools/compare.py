@@ -13,12 +13,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rollouts import Line, Rejected, parse_line
-from .stats import mcnemar_exact, paired_bootstrap
-from .stages.evaluate import summarize
-
-TRAINED = "data/eval/trained_rollouts.jsonl"
-BASELINE = "data/eval/baseline_rollouts.jsonl"
+from ..params import Params
+from ..rollouts import Line, Rejected, parse_line
+from ..stages.evaluate import ROLLOUTS
+from ..stats import mcnemar_exact, paired_bootstrap, reward_metrics
 
 
 @dataclass
@@ -116,7 +114,7 @@ def compare_pair(base: dict[str, dict], run: dict[str, dict], threshold: float, 
     r6 = lambda x: round(x, 6)  # noqa: E731
     return {
         "n": len(keys),
-        **{f"run_{k}": v for k, v in summarize(b, threshold).items() if k != "n"},
+        **{f"run_{k}": v for k, v in reward_metrics(b, threshold).items() if k != "n"},
         "delta_avg_reward": r6(reward.delta), "delta_avg_reward_ci95": [r6(x) for x in reward.ci95],
         "delta_success_rate": r6(success.delta), "delta_success_rate_ci95": [r6(x) for x in success.ci95],
         "fail_to_success": len(up), "success_to_fail": len(down),
@@ -130,21 +128,23 @@ def changed_params(params: dict, reference: dict) -> dict:
     return {k: v for k, v in sorted(params.items()) if reference.get(k) != v}
 
 
-def build_report(runs: list[Run], reader, baseline_rev: str | None, threshold: float, examples: int = 0,
-                 known: list[Run] | None = None) -> dict:
-    """`reader(path, rev)` returns a file's text at a revision; pure apart from that.
+def build_report(runs: list[Run], reader, eval_dir: str, baseline_rev: str | None, threshold: float,
+                 examples: int = 0, known: list[Run] | None = None) -> dict:
+    """`reader(path, rev)` returns a file's text at a revision; pure apart from that. `eval_dir` is
+    where the evaluate stage writes the held-out rollouts (`paths.eval`).
 
     `known` are all runs DVC listed (the baseline's params are looked up there)."""
     known = known or runs
+    trained, baseline = (f"{eval_dir}/{ROLLOUTS[k]}" for k in ("trained", "baseline"))
     if baseline_rev:
         base = next((r for r in known if baseline_rev in (r.rev, r.label)), None)
-        base_label, base_text = baseline_rev, reader(TRAINED, base.rev if base else baseline_rev)
+        base_label, base_text = baseline_rev, reader(trained, base.rev if base else baseline_rev)
         reference = base.params if base else {}
     else:
-        base_label, base_text = "base model", reader(BASELINE, "workspace")
+        base_label, base_text = "base model", reader(baseline, "workspace")
         reference = next((r.params for r in known if r.rev == "workspace"), {})
     base = rewards_by_task(base_text, base_label)
-    base_summary = summarize([v["reward"] for v in base.values()], threshold)
+    base_metrics = reward_metrics([v["reward"] for v in base.values()], threshold)
     rows = []
     for run in runs:
         row = {"run": run.label, "rev": run.rev, "status": run.status,
@@ -154,7 +154,7 @@ def build_report(runs: list[Run], reader, baseline_rev: str | None, threshold: f
             rows.append(row)
             continue
         try:
-            played = rewards_by_task(reader(TRAINED, run.rev), run.label)
+            played = rewards_by_task(reader(trained, run.rev), run.label)
         except Exception as err:  # a run without eval output (e.g. not reproduced yet) is shown as such
             row.update(status="no eval output", error=f"{type(err).__name__}: {err}"[:200])
             rows.append(row)
@@ -167,7 +167,7 @@ def build_report(runs: list[Run], reader, baseline_rev: str | None, threshold: f
                             for k in row["flips"][direction][:examples]]
                 for direction in ("fail_to_success", "success_to_fail")}
         rows.append(row)
-    return {"baseline": {"label": base_label, **base_summary}, "success_threshold": threshold, "runs": rows}
+    return {"baseline": {"label": base_label, **base_metrics}, "success_threshold": threshold, "runs": rows}
 
 
 def _ci(v) -> str:
@@ -213,7 +213,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(names: list[str], baseline: str | None, threshold: float, examples: int, repo: str | Path = ".") -> dict:
+def run(names: list[str], baseline: str | None, params: Params, examples: int, repo: str | Path = ".") -> dict:
     # Named runs may be experiments of an earlier commit: then look through every commit's experiments.
     known = runs = list_runs(repo, all_commits=bool(names))
     if names:
@@ -224,4 +224,5 @@ def run(names: list[str], baseline: str | None, threshold: float, examples: int,
         runs += [Run(n, n, "success") for n in sorted(missing)]  # plain git revisions
     else:
         runs = [r for r in runs if r.kind in ("workspace", "experiment")]
-    return build_report(runs, lambda path, rev: read_text(path, rev, repo), baseline, threshold, examples, known)
+    return build_report(runs, lambda path, rev: read_text(path, rev, repo), params.paths.eval, baseline,
+                        params.eval.success_threshold, examples, known)

@@ -1,4 +1,4 @@
-"""inspect: what a user runs first on a new rollouts file.
+"""`gymtrl inspect`: what a user runs first on a new rollouts file.
 
 Counts per bucket, reward stats and histogram, turns, tasks and samples per task, and what filter and
 pair would keep with the current params. Reads nothing but the given files; writes nothing.
@@ -11,11 +11,12 @@ from array import array
 from collections import Counter
 from statistics import mean, median
 
+from ..catalog import scan
 from ..parallel import resolve_workers
 from ..params import Params
-from ..rollouts import Rejected, resolve_sources, summaries, total_bytes
-from .filter import Tally, decide
-from .pair import Entry, plan_pairs
+from ..rollouts import Rejected, resolve_sources, total_bytes
+from ..stages.filter import Tally, decide
+from ..stages.pair import Entry, plan_pairs
 
 
 def histogram(values: list[float], bins: int = 10) -> list[dict]:
@@ -32,7 +33,7 @@ def histogram(values: list[float], bins: int = 10) -> list[dict]:
             for i, c in enumerate(counts)]
 
 
-def summarize(specs: list[str], params: Params) -> dict:
+def inspect_rollouts(specs: list[str], params: Params) -> dict:
     sources = resolve_sources(specs)
     tally = Tally()
     # Per rollout: reward, turns, line (arrays, 8 bytes each) and its task key (interned, one per task),
@@ -43,7 +44,7 @@ def summarize(specs: list[str], params: Params) -> dict:
     invalid_examples: dict[str, str] = {}
     per_file: dict[str, Counter] = {}
     workers = resolve_workers(params.data.workers, total_bytes(sources.files))
-    for parsed in summaries(sources.files, params.convert.merge_system, workers):
+    for parsed in scan(sources.files, params.convert.merge_system, workers):
         verdict = decide(parsed, params.filter)
         tally.add(verdict, None if isinstance(parsed, Rejected) else parsed.reward)
         fc = per_file.setdefault(parsed.line.source, Counter())
