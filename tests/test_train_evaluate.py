@@ -1,4 +1,4 @@
-"""train and evaluate end to end on a tiny model built from scratch (seconds), and the gym backend."""
+"""train and evaluate end to end on a tiny model built from scratch (seconds); real Gym is in test_gym.py."""
 
 from __future__ import annotations
 
@@ -89,31 +89,11 @@ def test_train_refuses_empty_or_too_long_data(data_ready, tiny_model_dir):
         train.run(tiny_params(tiny_model_dir, train={"method": "dpo"}, paths={"pairs": "empty_pairs"}))
 
 
-GYM_STUB = '''
-import json, sys
-tasks, out, model = sys.argv[1], sys.argv[2], sys.argv[3]
-with open(out, "w") as f:
-    for i, line in enumerate(open(tasks)):
-        t = json.loads(line)
-        answer = t["expected_answer"] if "trained" in model and i % 2 == 0 else "0"
-        t["response"] = {"output": [{"type": "message", "role": "assistant",
-                                     "content": [{"type": "output_text", "text": "Answer: " + answer}]}]}
-        t["reward"] = 1.0 if answer == t["expected_answer"] else 0.2
-        f.write(json.dumps(t) + "\\n")
-'''
-
-
-def test_gym_backend_reads_what_the_command_writes(data_ready, tiny_model_dir):
-    Path("stub.py").write_text(GYM_STUB)
-    Path("models/trained").mkdir(parents=True)
-    cmd = f"{sys.executable} stub.py {{tasks}} {{output}} {{model}}"
-    p = tiny_params(tiny_model_dir, eval={"backend": "gym", "gym_command": cmd})
-    evaluate.run(p)
-    base, trained = read_json("metrics/baseline.json"), read_json("metrics/eval.json")
-    assert base["success_rate"] == 0.0 and trained["success_rate"] == 0.5 and trained["delta_success_rate"] == 0.5
-    failing = tiny_params(tiny_model_dir, eval={"backend": "gym", "gym_command": "exit 3"})
-    with pytest.raises(StageError, match="exited with 3"):
-        evaluate.run(failing)
+def test_own_rollouts_are_not_evaluated_on_the_demo_tasks(tiny_model_dir):
+    p = tiny_params(tiny_model_dir, data={"rollouts": "my_gym_output/"})
+    with pytest.raises(StageError, match=r"data.rollouts='my_gym_output/' are your own rollouts, but "
+                                         r"eval.tasks='data/demo/tasks_eval.jsonl' are the embedded calculator"):
+        evaluate.run(p)
 
 
 def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):

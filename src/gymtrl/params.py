@@ -39,6 +39,8 @@ class PathsParams(_Section):
     training_logs: str  # dvclive's loss curves
     metrics: str  # one <stage>.json per stage
     plots: str
+    gym_venv: str  # NeMo Gym's own venv, made on first use (never this project's venv)
+    gym_work: str  # Gym's working folder: servers, logs, raw rollouts, Ray's temp files
 
 
 class DataParams(_Section):
@@ -102,6 +104,20 @@ class TrainParams(_Section):
     dpo: dict[str, Any]
 
 
+class GymParams(_Section):
+    """eval.backend=gym: real NeMo Gym plays the tasks against a served copy of each model."""
+
+    python: str  # auto (the first Python >= 3.12 on PATH or under pyenv) or a path
+    package: str  # what goes into the Gym venv, e.g. nemo-gym==0.4.0
+    config: str  # embedded (the calculator resources server) or a Gym config file (resources server + agent)
+    agent: str  # the agent of that config that plays the tasks
+    collect: str  # the collection command: ng_collect_rollouts (Gym 0.4.0) or "gym eval run --no-serve"
+    engine: Literal["auto", "transformers", "vllm"]  # auto: vllm with CUDA and vLLM, else transformers serve
+    tool_call_parser: str  # vllm serve's --tool-call-parser
+    parallel: int = Field(ge=1)  # rollouts in flight at once
+    start_timeout: float = Field(gt=0)  # seconds for the model server and Gym's servers to come up
+
+
 class EvalParams(_Section):
     success_threshold: float
     backend: Literal["builtin", "gym"]
@@ -115,14 +131,8 @@ class EvalParams(_Section):
     top_p: float = Field(gt=0.0, le=1.0)
     num_repeats: int = Field(ge=1)
     seed: int
-    # gym backend: a command template with {model}, {tasks} and {output}, run once per model.
-    gym_command: Optional[str]
-
-    @model_validator(mode="after")
-    def _gym_needs_command(self) -> "EvalParams":
-        if self.backend == "gym" and not self.gym_command:
-            raise ValueError("eval.backend=gym needs eval.gym_command (with {model}, {tasks}, {output})")
-        return self
+    limit: Optional[int] = Field(ge=1)  # play only the first N tasks (null: all)
+    gym: GymParams
 
 
 class Params(_Section):

@@ -26,11 +26,15 @@ def reasoning_item(text: str) -> dict:
     return {"type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
 
 
+def final_text(output: list[dict]) -> str:
+    """What the verifier reads: the text of the last message in a response's output items."""
+    return next((c.get("text", "") for item in reversed(output) if item.get("type") == "message"
+                 for c in item.get("content") or []), "")
+
+
 def gym_record(task: dict, output: list[dict], rollout_index: int, model: str, extra: dict | None = None) -> dict:
     """One rollout line, scored by the environment's verifier on the last assistant message."""
-    final_text = next((c["text"] for item in reversed(output) if item["type"] == "message"
-                       for c in item["content"]), "")
-    reward, extracted = verify(task, final_text)
+    reward, extracted = verify(task, final_text(output))
     record = {
         "responses_create_params": task["responses_create_params"],
         "response": {"id": f"resp_{task['_ng_task_index']}_{rollout_index}", "object": "response",

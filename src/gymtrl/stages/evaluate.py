@@ -1,14 +1,15 @@
 """evaluate: base model and trained model on the same held-out tasks, scored, side by side.
 
-Backends: `builtin` has the model play the embedded calculator tasks (env/model_agent.py);
-`gym` runs `eval.gym_command` (a user's NeMo Gym setup against a server of each model) and reads the
-rollouts it writes. Either way the rollouts are saved in Gym format and scored by the same reader,
-so `gymtrl inspect` and the comparisons read them like any other Gym output.
+Backends: `builtin` has the model play the embedded calculator tasks in this process
+(env/model_agent.py); `gym` serves each model and has real NeMo Gym play the tasks against it
+(serving.py, nemo_gym.py), with the embedded calculator resources server or the user's environment.
+Either way the rollouts are saved in Gym format and scored by the same reader, so `gymtrl inspect`
+and the comparisons read them like any other Gym output.
 """
 
 from __future__ import annotations
 
-import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
-from ..params import EvalParams, Params
+from ..params import Params
 from ..rollouts import Rejected, iter_lines, parse_line
 from ..stats import reward_metrics
 from .common import StageError, log, main
@@ -25,6 +26,7 @@ BASELINE_METRICS, TRAINED_METRICS = "baseline.json", "eval.json"
 BY_FAMILY_PLOT, REWARDS_PLOT = "eval_by_family.json", "eval_rewards.json"
 # Held-out rollouts of each model, in `paths.eval` (gymtrl compare reads these from every experiment).
 ROLLOUTS = {"baseline": "baseline_rollouts.jsonl", "trained": "trained_rollouts.jsonl"}
+
 
 def score_file(path: Path, threshold: float) -> tuple[dict, dict[str, list[float]]]:
     """Metrics of a Gym rollouts file, overall and per task family; unreadable lines are counted."""
@@ -53,11 +55,13 @@ def reward_histogram(rewards: dict[str, list[float]]) -> list[dict]:
     return [{"reward": r, **c} for r, c in sorted(counts.items())]
 
 
-def builtin_rollouts(model_dir: str, tasks: list[dict], p: EvalParams, params: Params, name: str) -> list[dict]:
+def builtin_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -> list[dict]:
+    """The model plays the embedded environment's tasks in this process (env/model_agent.py)."""
     from ..env.model_agent import GenerationSettings, play
     from ..models import load_model, load_tokenizer
     from ..templates import probe_format
 
+    p = params.eval
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
     model = load_model(model_dir, params.model.trust_remote_code)
     fmt = probe_format(tokenizer, params.convert.arguments, params.convert.reasoning)
@@ -72,33 +76,82 @@ def builtin_rollouts(model_dir: str, tasks: list[dict], p: EvalParams, params: P
     return records
 
 
-def gym_rollouts(command: str, model_dir: str, tasks_path: str, output: Path) -> None:
-    cmd = command.format(model=shlex.quote(str(model_dir)), tasks=shlex.quote(str(tasks_path)),
-                         output=shlex.quote(str(output)))
-    log(f"evaluate: running {cmd}")
-    done = subprocess.run(cmd, shell=True)
-    if done.returncode != 0:
-        raise StageError(f"eval.gym_command exited with {done.returncode}: {cmd}")
-    if not output.exists():
-        raise StageError(f"eval.gym_command did not write {output}: {cmd}")
+def gym_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -> list[dict]:
+    """Real NeMo Gym plays the tasks against a served copy of the model: serve it, `gym env start`,
+    collect, stop everything (also if this stage dies: processes.py). Rollouts come back sorted by task
+    and sample, so the output does not depend on which rollout Gym finished first."""
+    import orjson
+
+    from ..nemo_gym import (GymError, collect_command, ensure_venv, gym_env, prepare_workspace, start_command,
+                            wait_ready)
+    from ..processes import Supervisor
+    from ..serving import free_port, pick_engine, serve_command, served_copy, wait_healthy
+
+    p, g, paths = params.eval, params.eval.gym, params.paths
+    started = time.perf_counter()
+    try:
+        venv = ensure_venv(Path(paths.gym_venv), g.python, g.package)
+        ws = prepare_workspace(Path(paths.gym_work), g.config, venv)
+        logs, raw = ws.root / "logs" / name, ws.root / "rollouts" / name
+        shutil.rmtree(raw, ignore_errors=True)
+        raw.mkdir(parents=True)  # Gym writes its side files beside the output and needs the folder
+        write_jsonl(raw / "tasks.jsonl", tasks)
+        model = served_copy(model_dir, ws.root / "served" / name, params.model.trust_remote_code)
+        env = gym_env(ws, venv)
+        with Supervisor() as services:
+            port = free_port()
+            server = services.start(serve_command(pick_engine(g.engine), model, port, g.tool_call_parser,
+                                                  params.model.trust_remote_code), logs / "model_server.log")
+            wait_healthy(f"http://127.0.0.1:{port}", server, logs / "model_server.log", g.start_timeout)
+            gym = services.start(start_command(ws, venv, str(model), f"http://127.0.0.1:{port}/v1", g.agent,
+                                               p.max_turns), logs / "gym_env.log", cwd=ws.root, env=env)
+            wait_ready(gym, logs / "gym_env.log", g.start_timeout)
+            log(f"evaluate: {name}: Gym is up ({time.perf_counter() - started:.0f} s); collecting {len(tasks)} "
+                f"task(s) x {p.num_repeats}")
+            cmd = collect_command(g.collect, venv, g.agent, raw / "tasks.jsonl", raw / "rollouts.jsonl", None,
+                                  p.num_repeats, g.parallel, p.temperature, p.top_p, p.max_new_tokens)
+            with open(logs / "collect.log", "ab") as out:
+                done = subprocess.run(cmd, cwd=ws.root, env=services.env(env), stdout=out, stderr=subprocess.STDOUT)
+            if done.returncode != 0 or not (raw / "rollouts.jsonl").exists():
+                tail = (logs / "collect.log").read_text(errors="replace")[-3000:]
+                raise GymError(f"`{' '.join(cmd[:1])}` exited with {done.returncode}:\n{tail}")
+    except (GymError, RuntimeError) as err:
+        raise StageError(f"evaluate ({name}, eval.backend=gym): {err}") from None
+    records = [orjson.loads(line) for line in (raw / "rollouts.jsonl").read_bytes().splitlines() if line.strip()]
+    records.sort(key=lambda r: (r.get("_ng_task_index", 0), r.get("_ng_rollout_index", 0)))
+    log(f"evaluate: {name}: {len(records)} rollouts from Gym in {time.perf_counter() - started:.0f} s "
+        f"(logs: {logs})")
+    return records
+
+
+def measures_what_was_trained(params: Params) -> None:
+    """Own rollouts (data.rollouts elsewhere than the demo's) scored on the demo's calculator tasks would
+    be a number about another environment: refuse it, naming the keys."""
+    demo = Path(params.paths.demo).absolute()
+    own = [r for r in params.rollout_specs if demo not in Path(r).absolute().parents]
+    if own and demo in Path(params.eval.tasks).absolute().parents:
+        raise StageError(
+            f"data.rollouts={params.data.rollouts!r} are your own rollouts, but eval.tasks={params.eval.tasks!r} "
+            f"are the embedded calculator demo's: the result would be about another environment than the one "
+            f"trained for. Set eval.tasks to held-out tasks of your environment (Gym input lines), and "
+            f"eval.backend: gym with eval.gym.config / eval.gym.agent naming that environment.")
 
 
 def run(params: Params) -> dict:
     p, paths = params.eval, params.paths
+    measures_what_was_trained(params)
     tasks_path = Path(p.tasks)
     if not tasks_path.exists():
         raise StageError(f"eval.tasks={p.tasks!r} does not exist")
-    tasks = list(read_jsonl(tasks_path))
+    tasks = list(read_jsonl(tasks_path))[: p.limit]
     if not tasks:
         raise StageError(f"eval.tasks={p.tasks!r} has no task")
     results, rewards = {}, {}
     with atomic_dir(paths.eval) as out:
         for name, model_dir in (("baseline", paths.base_model), ("trained", paths.trained_model)):
             path = out / ROLLOUTS[name]
-            if p.backend == "builtin":
-                write_jsonl(path, builtin_rollouts(model_dir, tasks, p, params, name))
-            else:
-                gym_rollouts(p.gym_command, model_dir, str(tasks_path), path)
+            play = builtin_rollouts if p.backend == "builtin" else gym_rollouts
+            write_jsonl(path, play(model_dir, tasks, params, name))
             results[name], by_family = score_file(path, p.success_threshold)
             rewards[name] = [r for values in by_family.values() for r in values]
     base, trained = results["baseline"], results["trained"]
