@@ -63,21 +63,26 @@ def test_train_then_evaluate(data_ready, tiny_model_dir, method):
     assert {row["model"] for row in read_json("plots/eval_by_family.json")} == {"baseline", "trained"}
 
 
-def test_resume_from_checkpoint(data_ready, tiny_model_dir):
+def test_a_finished_run_leaves_no_checkpoint_and_a_rerun_trains_again(data_ready, tiny_model_dir):
+    """Checkpoints are for resuming a killed run (test_kill_9_... below). A finished run's last one, if it
+    were kept, would make the next run "resume" at the end and train nothing."""
     p = tiny_params(tiny_model_dir, train={"sft": {"save_steps": 1}})
     first = train.run(p)
-    assert first["sft"]["resumed_from"] is None
-    # A killed run leaves checkpoints but no model; the next run picks them up instead of starting over.
-    import shutil
-
-    shutil.rmtree("models/trained")
+    assert first["sft"]["resumed_from"] is None and not Path("checkpoints/train").exists()
     second = train.run(p)
-    assert second["sft"]["resumed_from"].endswith("checkpoint-2")
-    assert (Path("models/trained") / "model.safetensors").exists()
-    # Changed params: old checkpoints must not be resumed.
-    p2 = tiny_params(tiny_model_dir, train={"seed": 7, "sft": {"save_steps": 1}})
-    third = train.run(p2)
-    assert third["sft"]["resumed_from"] is None
+    assert second["sft"]["resumed_from"] is None and second["sft"]["train_loss"] == first["sft"]["train_loss"] > 0
+
+
+def test_fingerprint_changes_with_params_data_and_code(data_ready, tiny_model_dir, monkeypatch):
+    from gymtrl.stages import train as stage
+
+    p = tiny_params(tiny_model_dir)
+    data = [Path("data/sft/train.parquet")]
+    base = stage.run_fingerprint(p, data, tiny_model_dir)
+    assert stage.run_fingerprint(tiny_params(tiny_model_dir, train={"seed": 7}), data, tiny_model_dir) != base
+    assert stage.run_fingerprint(p, [Path("data/pairs/train.parquet")], tiny_model_dir) != base
+    monkeypatch.setattr(stage, "code_digest", lambda: b"other code")
+    assert stage.run_fingerprint(p, data, tiny_model_dir) != base
 
 
 def test_train_refuses_empty_or_too_long_data(data_ready, tiny_model_dir):

@@ -73,8 +73,20 @@ def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str)
         raise ParamsError(f"params.yaml: train.{kind}: {err}") from None
 
 
-def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> str:
+def code_digest() -> bytes:
+    """The gymtrl package's source: a checkpoint written by other code must not be resumed."""
+    package = Path(__file__).parents[1]
     h = hashlib.sha256()
+    for f in sorted(package.rglob("*.py")):
+        h.update(str(f.relative_to(package)).encode() + b"\0" + f.read_bytes())
+    return h.digest()
+
+
+def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> str:
+    """What shapes training: params, data, base model and code. Checkpoints of another fingerprint are
+    discarded instead of resumed."""
+    h = hashlib.sha256()
+    h.update(code_digest())
     h.update(dumps(params.train.model_dump()))
     h.update(dumps(params.model.model_dump()))
     for f in [*data_files, *sorted(model_dir.glob("*"))]:
@@ -297,6 +309,9 @@ def run(params: Params) -> dict:
         tokenizer.save_pretrained(out)
         (out / "README.md").write_text(model_card(params, base_info, fingerprint, metrics))
     write_json(Path(paths.metrics) / METRICS, metrics)
+    # Checkpoints exist to resume a killed run. Kept after a finished one, a rerun (DVC reruns train when
+    # anything it depends on changed) would "resume" at the last step and train nothing.
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return metrics
 
 
