@@ -97,6 +97,7 @@ def test_kill_9_mid_collection_leaves_no_process_and_the_next_run_is_clean(workd
     stage.wait()
     assert not wait_gone(40), "processes outlived the killed stage"
     assert not Path("data/eval").exists()  # no half-written output for DVC to cache
+    assert "servers ready!" in Path("gym/logs/baseline/gym_env.log").read_text()  # the next run must not read it
     # The next run starts from scratch and completes (one task keeps it short).
     Path("params.yaml").write_text(yaml.safe_dump({**raw, "eval": {**raw["eval"], "limit": 1}}))
     done = subprocess.run([sys.executable, "-m", "gymtrl.stages.evaluate"], capture_output=True, text=True)

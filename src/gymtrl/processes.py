@@ -75,8 +75,10 @@ class Supervisor:
         return self
 
     def start(self, cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+        """Starts `cmd` with its output in `log`, a fresh file: readiness is read from it (a previous
+        run's "ready" line, say of a killed run, must not count)."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
+        with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=cwd, env=self.env(env), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.services.append(proc)

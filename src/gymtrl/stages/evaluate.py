@@ -110,7 +110,7 @@ def gym_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -
                 f"task(s) x {p.num_repeats}")
             cmd = collect_command(g.collect, venv, g.agent, raw / "tasks.jsonl", raw / "rollouts.jsonl", None,
                                   p.num_repeats, g.parallel, p.temperature, p.top_p, p.max_new_tokens)
-            with open(logs / "collect.log", "ab") as out:
+            with open(logs / "collect.log", "wb") as out:
                 done = subprocess.run(cmd, cwd=ws.root, env=services.env(env), stdout=out, stderr=subprocess.STDOUT)
             if done.returncode != 0 or not (raw / "rollouts.jsonl").exists():
                 tail = (logs / "collect.log").read_text(errors="replace")[-3000:]
