@@ -21,10 +21,10 @@ from pathlib import Path
 import yaml
 
 from .io import read_json, write_json
+from .processes import log_tail
 
 EMBEDDED = "embedded"
 EMBEDDED_SERVER = "gymtrl_calculator"  # resources_servers/<name>, as Gym looks it up
-EMBEDDED_AGENT = "gymtrl_calculator_agent"
 MODEL_TYPE = "vllm_model"  # Gym's adapter for any OpenAI-compatible chat completions server
 SERVER_FILES = Path(__file__).parent / "env" / "gym_server"
 
@@ -117,8 +117,8 @@ def prepare_workspace(root: Path, config_setting: str, venv: Path) -> Workspace:
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(venv.absolute())
-    return Workspace(root.absolute(), config, venvs.absolute())
+        link.symlink_to(venv)
+    return Workspace(root, config, venvs)
 
 
 def gym_env(ws: Workspace, venv: Path) -> dict:
@@ -143,22 +143,19 @@ def wait_ready(proc, log: Path, timeout: float) -> None:
     """Until `gym env start` says every server is up (`servers ready!`)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        if "servers ready!" in text:
+        if log.exists() and "servers ready!" in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
-            raise GymError(f"`gym env start` exited with {proc.returncode}:\n{text[-3000:]}")
+            raise GymError(f"`gym env start` exited with {proc.returncode}:\n{log_tail(log)}")
         time.sleep(1)
-    raise GymError(f"Gym's servers were not ready within {timeout:.0f} s (eval.gym.start_timeout):\n"
-                   f"{log.read_text(errors='replace')[-3000:]}")
+    raise GymError(f"Gym's servers were not ready within {timeout:.0f} s (eval.gym.start_timeout):\n{log_tail(log)}")
 
 
-def collect_command(collect: str, venv: Path, agent: str, tasks: Path, output: Path, limit: int | None,
-                    num_repeats: int, parallel: int, temperature: float, top_p: float, max_tokens: int) -> list[str]:
+def collect_command(collect: str, venv: Path, agent: str, tasks: Path, output: Path, num_repeats: int,
+                    parallel: int, temperature: float, top_p: float, max_tokens: int) -> list[str]:
     """`eval.gym.collect` (Gym 0.4.0's `ng_collect_rollouts`, or `gym eval run --no-serve`) with its overrides."""
     words = collect.split()
-    cmd = [str(venv / "bin" / words[0]), *words[1:], f"+agent_name={agent}", f"+input_jsonl_fpath={tasks}",
-           f"+output_jsonl_fpath={output}", f"+num_repeats={num_repeats}", f"+num_samples_in_parallel={parallel}",
-           f"+responses_create_params.temperature={temperature}", f"+responses_create_params.top_p={top_p}",
-           f"+responses_create_params.max_output_tokens={max_tokens}", "+upload_rollouts_to_wandb=false"]
-    return cmd + ([f"+limit={limit}"] if limit is not None else [])
+    return [str(venv / "bin" / words[0]), *words[1:], f"+agent_name={agent}", f"+input_jsonl_fpath={tasks}",
+            f"+output_jsonl_fpath={output}", f"+num_repeats={num_repeats}", f"+num_samples_in_parallel={parallel}",
+            f"+responses_create_params.temperature={temperature}", f"+responses_create_params.top_p={top_p}",
+            f"+responses_create_params.max_output_tokens={max_tokens}", "+upload_rollouts_to_wandb=false"]

@@ -23,6 +23,11 @@ from pathlib import Path
 MARKER = "GYMTRL_RUN_ID"
 
 
+def log_tail(log: Path, n: int = 3000) -> str:
+    """The end of a service's log, for an error message."""
+    return log.read_text(errors="replace")[-n:] if log.exists() else "(no log)"
+
+
 def marked(run_id: str) -> list[int]:
     """Pids of live processes whose environment carries this run's marker."""
     needle = f"{MARKER}={run_id}".encode()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .models import weights_path
+from .processes import log_tail
 
 # `<tool_call>` + a JSON object with name and arguments: the format transformers' Qwen template parses.
 _HERMES_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
@@ -126,7 +127,7 @@ def wait_healthy(url: str, proc, log: Path, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the model server exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"the model server exited with {proc.returncode}:\n{log_tail(log)}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
@@ -134,8 +135,4 @@ def wait_healthy(url: str, proc, log: Path, timeout: float) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the model server did not answer within {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _tail(log: Path, n: int = 3000) -> str:
-    return log.read_text(errors="replace")[-n:] if log.exists() else "(no log)"
+    raise RuntimeError(f"the model server did not answer within {timeout:.0f} s:\n{log_tail(log)}")

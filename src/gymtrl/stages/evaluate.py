@@ -84,7 +84,7 @@ def gym_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -
 
     from ..nemo_gym import (GymError, collect_command, ensure_venv, gym_env, prepare_workspace, start_command,
                             wait_ready)
-    from ..processes import Supervisor
+    from ..processes import Supervisor, log_tail
     from ..serving import free_port, pick_engine, serve_command, served_copy, wait_healthy
 
     p, g, paths = params.eval, params.eval.gym, params.paths
@@ -108,13 +108,12 @@ def gym_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -
             wait_ready(gym, logs / "gym_env.log", g.start_timeout)
             log(f"evaluate: {name}: Gym is up ({time.perf_counter() - started:.0f} s); collecting {len(tasks)} "
                 f"task(s) x {p.num_repeats}")
-            cmd = collect_command(g.collect, venv, g.agent, raw / "tasks.jsonl", raw / "rollouts.jsonl", None,
+            cmd = collect_command(g.collect, venv, g.agent, raw / "tasks.jsonl", raw / "rollouts.jsonl",
                                   p.num_repeats, g.parallel, p.temperature, p.top_p, p.max_new_tokens)
             with open(logs / "collect.log", "wb") as out:
                 done = subprocess.run(cmd, cwd=ws.root, env=services.env(env), stdout=out, stderr=subprocess.STDOUT)
             if done.returncode != 0 or not (raw / "rollouts.jsonl").exists():
-                tail = (logs / "collect.log").read_text(errors="replace")[-3000:]
-                raise GymError(f"`{' '.join(cmd[:1])}` exited with {done.returncode}:\n{tail}")
+                raise GymError(f"`{cmd[0]}` exited with {done.returncode}:\n{log_tail(logs / 'collect.log')}")
     except (GymError, RuntimeError) as err:
         raise StageError(f"evaluate ({name}, eval.backend=gym): {err}") from None
     records = [orjson.loads(line) for line in (raw / "rollouts.jsonl").read_bytes().splitlines() if line.strip()]
