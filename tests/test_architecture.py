@@ -100,7 +100,7 @@ def test_code_run_without_import_is_where_the_module_says():
 
 def test_the_walker_sees_relative_deep_and_function_local_imports():
     assert "gymtrl.chat" in imported_modules("gymtrl.rollouts")  # from .chat import ...
-    assert "gymtrl.env.model_agent" in imported_modules("gymtrl.stages.evaluate")  # inside a function
+    assert "gymtrl.env.model_agent" in imported_modules("gymtrl.play")  # inside a function
     assert "gymtrl.stages.filter" in imported_modules("gymtrl.tools.inspect_rollouts")  # from ..stages.filter
     assert "gymtrl.rollouts" not in imported_modules("gymtrl.stages.common")  # TYPE_CHECKING only
     assert "src/gymtrl/templates.py" in code_of("gymtrl.stages.train")  # train -> models -> templates

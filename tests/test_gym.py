@@ -57,15 +57,16 @@ def wait_gone(seconds: float = 30) -> list[str]:
 def test_real_gym_plays_the_tasks_as_the_builtin_loop_does(workdir, tiny_model_dir):
     """The same checkpoint, greedy, on the same tasks: the model says the same things and every task
     gets the same reward through real Gym as through the builtin loop."""
+    from gymtrl.play import builtin_rollouts, gym_rollouts
     from gymtrl.stages import demo
-    from gymtrl.stages.evaluate import builtin_rollouts, gym_rollouts
+    from gymtrl.stages.evaluate import sampling
 
     params = parse_params(gym_raw(tiny_model_dir, workdir))
     demo.run(params)
     tasks = [orjson.loads(x) for x in Path("data/demo/tasks_eval.jsonl").read_bytes().splitlines()]
-    via_gym = gym_rollouts(str(tiny_model_dir), tasks, params, "trained")
+    via_gym = gym_rollouts(str(tiny_model_dir), tasks, sampling(params), params, "trained")
     assert not wait_gone(), "a Gym, Ray or model server process outlived the collection"
-    builtin = builtin_rollouts(str(tiny_model_dir), tasks, params, "trained")
+    builtin = builtin_rollouts(str(tiny_model_dir), tasks, sampling(params), params, "trained")
     assert [r["_ng_task_index"] for r in via_gym] == [t["_ng_task_index"] for t in tasks]
 
     def said(record):

@@ -27,6 +27,7 @@ SMALL = {
                                           "assistant_only_loss": True, "learning_rate": 0.0001, "save_steps": 2},
               "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "max_length": 512, "save_steps": 2}},
     "eval": {"max_new_tokens": 48, "max_turns": 3, "batch_size": 8},
+    "collect": {"num_repeats": 2},
 }
 
 
@@ -56,6 +57,7 @@ def repo(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "data" / "rounds", repo / "data" / "rounds")
     (repo / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -78,7 +80,8 @@ def test_repro_then_force_is_deterministic_then_exp_run(repo):
     assert (repo / "models/trained/model.safetensors").exists() and (repo / "models/base/model.safetensors").exists()
 
     stable = ["data/filtered", "data/sft", "data/pairs", "data/demo", "metrics/filter.json", "metrics/convert.json",
-              "metrics/pair.json", "metrics/demo.json", "metrics/baseline.json", "metrics/eval.json", "data/eval"]
+              "metrics/pair.json", "metrics/demo.json", "metrics/baseline.json", "metrics/eval.json", "data/eval",
+              "data/collected", "metrics/collect.json"]
     before = digests(repo, stable)
     assert "No changes" in run(["dvc", "status"], repo) or "up to date" in run(["dvc", "status"], repo)
     run(["dvc", "repro", "--force"], repo)
@@ -105,3 +108,33 @@ def test_repro_then_force_is_deterministic_then_exp_run(repo):
     from test_compare import EXTERNAL
 
     assert not any(marker in page for marker in EXTERNAL)
+
+
+def test_next_round_trains_on_the_collection_and_compares_round_over_round(repo):
+    """After the first test: round 1 is committed; one command freezes its collection and runs round 2."""
+    collected = sum(1 for _ in (repo / "data/collected/rollouts.jsonl").open())
+    assert collected == 12 * 2
+    first = orjson.loads((repo / "metrics/filter.json").read_bytes())
+    run(["gymtrl", "next-round"], repo)
+    assert (repo / "data/rounds/round-1.jsonl.gz.dvc").exists()
+    staged = run(["git", "diff", "--cached", "--name-only"], repo).split()
+    assert "data/rounds/round-1.jsonl.gz.dvc" in staged and "data/rounds/round-1.jsonl.gz" not in staged
+    shown = orjson.loads(run(["dvc", "exp", "show", "--json"], repo))
+    names = [e.get("name") for rev in shown for e in (rev.get("experiments") or []) for e in e.get("revs", [])]
+    assert "round-2" in names
+    # Round 2 (now in the workspace) read the demo's rollouts and round 1's samples.
+    second = orjson.loads((repo / "metrics/filter.json").read_bytes())
+    assert second["lines_read"] == first["lines_read"] + collected and second["files_read"] == 2
+    assert orjson.loads((repo / "metrics/collect.json").read_bytes())["round"] == 2
+    report = orjson.loads(run(["gymtrl", "compare", "--json", "round-2", "--baseline", "HEAD"], repo))
+    (row,) = report["runs"]
+    assert row["run"] == "round-2" and row["n"] == 8 and report["baseline"]["label"] == "HEAD"
+    assert row["changed_params"] == {"iterate.round": 2}
+    # An incomplete round is not frozen: after a params change, next-round says to run dvc repro first.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["filter"]["min_reward"] = 0.9
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = subprocess.run(["gymtrl", "next-round", "--no-run"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 2 and "round 2 is not complete" in done.stderr and "dvc repro" in done.stderr
+    assert not (repo / "data/rounds/round-2.jsonl.gz").exists()

@@ -159,7 +159,8 @@ def test_pair_on_fixtures_and_demo_rollouts(workdir, tiny_model_dir):
     assert m["pairs"] == len(ds) > 0
     for row in ds:
         assert row["chosen_reward"] - row["rejected_reward"] >= 0.1 - 1e-9
-        assert [x["role"] for x in row["prompt"]] == ["system", "user"]
+        # the prompt is the task's, plus the turns both rollouts share (pair.cut: divergence)
+        assert [x["role"] for x in row["prompt"]][:2] == ["system", "user"] and row["cut_at"] == len(row["prompt"])
         assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
         assert row["tools"][0]["function"]["name"] == "calculator"
 

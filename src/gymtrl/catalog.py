@@ -19,9 +19,35 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from .chunks import FileJob, file_jobs, job_lines
 from .io import atomic_dir, dumps, read_json, read_jsonl
 from .parallel import ordered_map
-from .rollouts import Line, Rejected, Rollout, duplicate, line_digest, parse_line
+from .rollouts import Line, Rejected, Rollout, Sources, duplicate, line_digest, parse_line, resolve_sources
 
 COUNT_KEYS = ("lines_read", "rollouts", "invalid", "duplicates")
+
+
+def is_held_out(task_key: str, fraction: float) -> bool:
+    """Whether a task belongs to the held-out share: a hash of its key, so the split is the same on every
+    machine and every run, and a task's rollouts are either all trained on or all held out."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(task_key.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+def task_input(record: dict) -> dict:
+    """The Gym input line a rollout was played from: the record without what playing it added."""
+    return {k: v for k, v in record.items() if k not in ("response", "reward", "_ng_rollout_index")}
+
+
+def training_sources(rollouts: list[str], round_files: list[Path], round_: int) -> Sources:
+    """What filter and pair read: data.rollouts, then the earlier rounds' frozen collections."""
+    for f in round_files:
+        if not f.exists():
+            raise FileNotFoundError(f"iterate.round={round_} trains on {f}, which does not exist: `gymtrl next-round` "
+                                    f"freezes a round's collection there (README, Iterate)")
+    sources = resolve_sources([*rollouts, *map(str, round_files)])
+    if not sources.files:
+        raise FileNotFoundError(f"data.rollouts={rollouts!r}: no rollout file found")
+    return sources
 
 
 class CatalogEntry(NamedTuple):

@@ -22,6 +22,7 @@ STAGES = {
     "pair": ("pair", "all rollouts -> TRL conversational preference pairs (from filter's catalog)"),
     "train": ("train", "SFT / DPO with TRL"),
     "evaluate": ("evaluate", "base vs trained model on held-out tasks"),
+    "collect": ("collect", "the trained model plays the training tasks, k samples each (the next round's data)"),
 }
 
 
@@ -49,6 +50,16 @@ def _inspect(args, params) -> None:
         print(render_text(found))
 
 
+def _next_round(args, params) -> int:
+    from .tools import next_round
+
+    try:
+        return next_round.run(params, args.set or [], execute=not args.no_run)
+    except next_round.RoundError as err:
+        print(f"gymtrl next-round: {err}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gymtrl", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -64,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with the plots")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("next-round", help="freeze this round's collection and run the next round (dvc exp run)")
+    p.add_argument("-S", "--set", action="append", metavar="KEY=VALUE",
+                   help="also set this param in the next round (passed to dvc exp run -S), e.g. train.method=dpo")
+    p.add_argument("--no-run", action="store_true", help="freeze and print the experiment command, do not run it")
+    p.set_defaults(func=_next_round)
+
     p = sub.add_parser("inspect", help="what is in a rollouts file, and what filter and pair would keep")
     p.add_argument("paths", nargs="+", help="files, folders or globs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -78,11 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         stage = importlib.import_module(f".stages.{module}", __package__)
         return stage_main(module, stage.run, ["--params", args.params])
     try:
-        args.func(args, load_params(args.params))
+        return args.func(args, load_params(args.params)) or 0
     except (ParamsError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"gymtrl {args.command}: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

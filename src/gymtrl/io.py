@@ -1,4 +1,4 @@
-"""File edges: atomic writes, JSON/JSONL, and `datasets`-loadable parquet written in streaming batches.
+"""File edges: atomic writes, JSON/JSONL, `datasets`-loadable parquet written in streaming batches, the log.
 
 Every artifact is written to a temp file beside its target and renamed into place only when complete,
 so a killed stage never leaves a half-written file where DVC would cache it.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -58,6 +59,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     with atomic_path(path) as tmp, open(tmp, mode) as f:
         yield f
+
+
+def log(msg: str) -> None:
+    """Progress and diagnostics go to stderr (stdout stays machine-readable), unbuffered."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def dumps(obj: Any) -> bytes:

@@ -41,6 +41,9 @@ class PathsParams(_Section):
     plots: str
     gym_venv: str  # NeMo Gym's own venv, made on first use (never this project's venv)
     gym_work: str  # Gym's working folder: servers, logs, raw rollouts, Ray's temp files
+    collected: str  # the trained model's rollouts on the training tasks (collect)
+    rounds: str  # earlier rounds' collections, frozen by `gymtrl next-round`: round-<r>.jsonl.gz
+    holdout: str  # filter writes the held-out tasks of data.rollouts here (eval.holdout_fraction)
 
 
 class DataParams(_Section):
@@ -84,6 +87,7 @@ class ConvertParams(_Section):
 class PairParams(_Section):
     min_diff: float = Field(ge=0.0)
     strategy: Literal["top_vs_second", "top_vs_bottom", "all_pairs"]
+    cut: Literal["divergence", "prompt"]  # where chosen/rejected start: after the turns both share, or after the prompt
 
 
 class DemoParams(_Section):
@@ -132,7 +136,27 @@ class EvalParams(_Section):
     num_repeats: int = Field(ge=1)
     seed: int
     limit: Optional[int] = Field(ge=1)  # play only the first N tasks (null: all)
+    # Share of data.rollouts' task keys held out from training and evaluated (0: eval.tasks is a file of its own).
+    holdout_fraction: float = Field(ge=0.0, lt=1.0)
     gym: GymParams
+
+
+class CollectParams(_Section):
+    """collect: the trained model plays the training tasks, k samples each, for the next round."""
+
+    backend: Literal["builtin", "gym"]  # gym: eval.gym's settings
+    tasks: str  # Gym input lines (the training tasks)
+    num_repeats: int = Field(ge=1)  # k samples per task
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    seed: int
+    limit: Optional[int] = Field(ge=1)  # play only the first N tasks (null: all)
+
+
+class IterateParams(_Section):
+    # Round r trains on data.rollouts plus the collections of rounds before it (paths.rounds).
+    round: int = Field(ge=1)
+    pool: Literal["all", "last"]  # every earlier round's collection, or only round r-1's
 
 
 class Params(_Section):
@@ -145,11 +169,42 @@ class Params(_Section):
     demo: DemoParams
     train: TrainParams
     eval: EvalParams
+    collect: CollectParams
+    iterate: IterateParams
+
+    @model_validator(mode="after")
+    def _holdout(self) -> "Params":
+        held = str(holdout_tasks(self.paths.holdout))
+        if self.eval.holdout_fraction > 0 and Path(self.eval.tasks) != Path(held):
+            raise ValueError(f"eval.holdout_fraction={self.eval.holdout_fraction} holds tasks of data.rollouts out "
+                             f"into {held}, but eval.tasks={self.eval.tasks!r} evaluates others: set eval.tasks: {held}")
+        if self.eval.holdout_fraction == 0 and Path(self.eval.tasks) == Path(held):
+            raise ValueError(f"eval.tasks={self.eval.tasks!r} is the held-out share of data.rollouts, but "
+                             f"eval.holdout_fraction is 0 (nothing held out): set it, e.g. 0.1")
+        return self
 
     @property
     def rollout_specs(self) -> list[str]:
+        """data.rollouts as a list: the user's (or the demo's) rollouts."""
         r = self.data.rollouts
         return [r] if isinstance(r, str) else list(r)
+
+    @property
+    def round_files(self) -> list[Path]:
+        """The earlier rounds' frozen collections this round trains on (iterate.round, iterate.pool)."""
+        r = self.iterate.round
+        rounds = range(1, r) if self.iterate.pool == "all" else range(max(1, r - 1), r)
+        return [round_file(self.paths.rounds, k) for k in rounds]
+
+
+def holdout_tasks(holdout_dir: str) -> Path:
+    """The held-out tasks filter writes (one home for the name)."""
+    return Path(holdout_dir) / "tasks.jsonl"
+
+
+def round_file(rounds_dir: str, round_: int) -> Path:
+    """Where round `round_`'s collection is frozen (one home for the name)."""
+    return Path(rounds_dir) / f"round-{round_}.jsonl.gz"
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

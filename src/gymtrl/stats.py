@@ -50,6 +50,15 @@ def reward_metrics(rewards: list[float], threshold: float) -> dict:
             "success_rate_ci95_high": r6(shi)}
 
 
+def task_outcomes(rewards_by_task: list[list[float]], threshold: float) -> dict:
+    """Over tasks with k samples each: pass@k (a task is solved when any sample succeeds), and how many
+    tasks have both a success and a failure (where on-policy preference pairs exist)."""
+    won = [[r >= threshold for r in rs] for rs in rewards_by_task]
+    solved = sum(any(w) for w in won)
+    return {"tasks": len(won), "tasks_solved": solved, "pass_at_k": round(solved / max(len(won), 1), 6),
+            "tasks_mixed": sum(any(w) and not all(w) for w in won)}
+
+
 @dataclass
 class RunningStats:
     """n, min, max and mean of a stream, in constant memory."""

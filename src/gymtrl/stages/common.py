@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Callable
 
 import orjson
 
-from ..io import dumps
+from ..io import dumps, log  # noqa: F401  (log: what stages print, re-exported)
 from ..params import Params, ParamsError, load_params
 
 if TYPE_CHECKING:  # types only: a stage that reports no lines does not import the reader
@@ -27,10 +27,6 @@ TIMINGS_LOG = Path(".gymtrl") / "timings.jsonl"
 
 class StageError(RuntimeError):
     """A stage cannot produce a meaningful artifact; the message says why and what to change."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main(name: str, run: Callable[[Params], dict], argv: list[str] | None = None) -> int:

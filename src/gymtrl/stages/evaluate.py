@@ -1,26 +1,19 @@
 """evaluate: base model and trained model on the same held-out tasks, scored, side by side.
 
-Backends: `builtin` has the model play the embedded calculator tasks in this process
-(env/model_agent.py); `gym` serves each model and has real NeMo Gym play the tasks against it
-(serving.py, nemo_gym.py), with the embedded calculator resources server or the user's environment.
-Either way the rollouts are saved in Gym format and scored by the same reader, so `gymtrl inspect`
-and the comparisons read them like any other Gym output.
+Each model plays the tasks through play.py (eval.backend: builtin in this process, or real NeMo Gym),
+greedy by default; the rollouts are saved in Gym format and scored by the same reader, so `gymtrl
+inspect` and `gymtrl compare` read them like any other Gym output.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 
 from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
 from ..params import Params
-from ..rollouts import Rejected, iter_lines, parse_line
-from ..stats import reward_metrics
-from .common import StageError, log, main
+from ..play import PlayError, Sampling, play, score_file
+from .common import StageError, main
 
 BASELINE_METRICS, TRAINED_METRICS = "baseline.json", "eval.json"
 BY_FAMILY_PLOT, REWARDS_PLOT = "eval_by_family.json", "eval_rewards.json"
@@ -28,22 +21,10 @@ BY_FAMILY_PLOT, REWARDS_PLOT = "eval_by_family.json", "eval_rewards.json"
 ROLLOUTS = {"baseline": "baseline_rollouts.jsonl", "trained": "trained_rollouts.jsonl"}
 
 
-def score_file(path: Path, threshold: float) -> tuple[dict, dict[str, list[float]]]:
-    """Metrics of a Gym rollouts file, overall and per task family; unreadable lines are counted."""
-    by_family: dict[str, list[float]] = defaultdict(list)
-    rewards: list[float] = []
-    invalid = 0
-    for line in iter_lines(path):
-        item = parse_line(line)
-        if isinstance(item, Rejected):
-            invalid += 1
-            continue
-        rewards.append(item.reward)
-        by_family[str(item.record.get("family", "all"))].append(item.reward)
-    m = reward_metrics(rewards, threshold)
-    m["invalid_lines"] = invalid
-    m["by_family"] = {f: reward_metrics(v, threshold) for f, v in sorted(by_family.items())}
-    return m, by_family
+def sampling(params: Params) -> Sampling:
+    p = params.eval
+    return Sampling(backend=p.backend, num_repeats=p.num_repeats, temperature=p.temperature, top_p=p.top_p,
+                    max_turns=p.max_turns, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size, seed=p.seed)
 
 
 def reward_histogram(rewards: dict[str, list[float]]) -> list[dict]:
@@ -53,74 +34,6 @@ def reward_histogram(rewards: dict[str, list[float]]) -> list[dict]:
         for r in values:
             counts.setdefault(round(r, 2), dict.fromkeys(rewards, 0))[name] += 1
     return [{"reward": r, **c} for r, c in sorted(counts.items())]
-
-
-def builtin_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -> list[dict]:
-    """The model plays the embedded environment's tasks in this process (env/model_agent.py)."""
-    from ..env.model_agent import GenerationSettings, play
-    from ..models import load_model, load_tokenizer
-    from ..templates import probe_format
-
-    p = params.eval
-    tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
-    model = load_model(model_dir, params.model.trust_remote_code)
-    fmt = probe_format(tokenizer, params.convert.arguments, params.convert.reasoning)
-    settings = GenerationSettings(max_turns=p.max_turns, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
-                                  temperature=p.temperature, top_p=p.top_p, seed=p.seed)
-    started = time.perf_counter()
-    records = play(model, tokenizer, tasks, settings, fmt, num_repeats=p.num_repeats, model_name=name)
-    seconds = time.perf_counter() - started
-    tokens = sum(r["new_tokens"] for r in records)
-    log(f"evaluate: {name}: {len(records)} episodes, {tokens} new tokens in {seconds:.1f}s "
-        f"({tokens / seconds:.0f} tokens/s)")
-    return records
-
-
-def gym_rollouts(model_dir: str, tasks: list[dict], params: Params, name: str) -> list[dict]:
-    """Real NeMo Gym plays the tasks against a served copy of the model: serve it, `gym env start`,
-    collect, stop everything (also if this stage dies: processes.py). Rollouts come back sorted by task
-    and sample, so the output does not depend on which rollout Gym finished first."""
-    import orjson
-
-    from ..nemo_gym import (GymError, collect_command, ensure_venv, gym_env, prepare_workspace, start_command,
-                            wait_ready)
-    from ..processes import Supervisor, log_tail
-    from ..serving import free_port, pick_engine, serve_command, served_copy, wait_healthy
-
-    p, g, paths = params.eval, params.eval.gym, params.paths
-    started = time.perf_counter()
-    try:
-        venv = ensure_venv(Path(paths.gym_venv), g.python, g.package)
-        ws = prepare_workspace(Path(paths.gym_work), g.config, venv)
-        logs, raw = ws.root / "logs" / name, ws.root / "rollouts" / name
-        shutil.rmtree(raw, ignore_errors=True)
-        raw.mkdir(parents=True)  # Gym writes its side files beside the output and needs the folder
-        write_jsonl(raw / "tasks.jsonl", tasks)
-        model = served_copy(model_dir, ws.root / "served" / name, params.model.trust_remote_code)
-        env = gym_env(ws, venv)
-        with Supervisor() as services:
-            port = free_port()
-            server = services.start(serve_command(pick_engine(g.engine), model, port, g.tool_call_parser,
-                                                  params.model.trust_remote_code), logs / "model_server.log")
-            wait_healthy(f"http://127.0.0.1:{port}", server, logs / "model_server.log", g.start_timeout)
-            gym = services.start(start_command(ws, venv, str(model), f"http://127.0.0.1:{port}/v1", g.agent,
-                                               p.max_turns), logs / "gym_env.log", cwd=ws.root, env=env)
-            wait_ready(gym, logs / "gym_env.log", g.start_timeout)
-            log(f"evaluate: {name}: Gym is up ({time.perf_counter() - started:.0f} s); collecting {len(tasks)} "
-                f"task(s) x {p.num_repeats}")
-            cmd = collect_command(g.collect, venv, g.agent, raw / "tasks.jsonl", raw / "rollouts.jsonl",
-                                  p.num_repeats, g.parallel, p.temperature, p.top_p, p.max_new_tokens)
-            with open(logs / "collect.log", "wb") as out:
-                done = subprocess.run(cmd, cwd=ws.root, env=services.env(env), stdout=out, stderr=subprocess.STDOUT)
-            if done.returncode != 0 or not (raw / "rollouts.jsonl").exists():
-                raise GymError(f"`{cmd[0]}` exited with {done.returncode}:\n{log_tail(logs / 'collect.log')}")
-    except (GymError, RuntimeError) as err:
-        raise StageError(f"evaluate ({name}, eval.backend=gym): {err}") from None
-    records = [orjson.loads(line) for line in (raw / "rollouts.jsonl").read_bytes().splitlines() if line.strip()]
-    records.sort(key=lambda r: (r.get("_ng_task_index", 0), r.get("_ng_rollout_index", 0)))
-    log(f"evaluate: {name}: {len(records)} rollouts from Gym in {time.perf_counter() - started:.0f} s "
-        f"(logs: {logs})")
-    return records
 
 
 def measures_what_was_trained(params: Params) -> None:
@@ -149,8 +62,10 @@ def run(params: Params) -> dict:
     with atomic_dir(paths.eval) as out:
         for name, model_dir in (("baseline", paths.base_model), ("trained", paths.trained_model)):
             path = out / ROLLOUTS[name]
-            play = builtin_rollouts if p.backend == "builtin" else gym_rollouts
-            write_jsonl(path, play(model_dir, tasks, params, name))
+            try:
+                write_jsonl(path, play(model_dir, tasks, sampling(params), params, name))
+            except PlayError as err:
+                raise StageError(f"evaluate (eval.backend={p.backend}): {err}") from None
             results[name], by_family = score_file(path, p.success_threshold)
             rewards[name] = [r for values in by_family.values() for r in values]
     base, trained = results["baseline"], results["trained"]

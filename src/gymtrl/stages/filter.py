@@ -8,6 +8,10 @@ to the number of lines read.
 Filter reads and validates every line anyway, so it also writes the catalog (`paths.catalog`, see
 catalog.py): every valid rollout's task key, reward and byte offset, whatever the filter's verdict. The
 pair stage groups that instead of parsing the whole input a second time.
+
+With `eval.holdout_fraction` > 0, that share of the task keys is held out (catalog.is_held_out): their
+rollouts are never kept (reason `held_out`; pair skips them too), and each held-out task's input line
+goes to `<paths.holdout>/tasks.jsonl`, the tasks evaluate plays.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..catalog import CatalogEntry, CatalogWriter, scan
+import orjson
+
+from ..catalog import CatalogEntry, CatalogWriter, is_held_out, scan, task_input, training_sources
 from ..io import atomic_dir, dumps, write_json
 from ..parallel import resolve_workers
-from ..params import FilterParams, Params
-from ..rollouts import Rejected, resolve_sources, total_bytes
+from ..params import FilterParams, Params, holdout_tasks
+from ..rollouts import Rejected, total_bytes
 from ..stats import RunningStats
 from .common import RejectLog, StageError, describe, main
 
@@ -30,10 +36,12 @@ METRICS = "filter.json"
 PLOTS = "filter_rewards.json"
 
 
-def decide(item: CatalogEntry | Rejected, p: FilterParams) -> CatalogEntry | Rejected:
+def decide(item: CatalogEntry | Rejected, p: FilterParams, holdout: float) -> CatalogEntry | Rejected:
     """The filter's verdict on one scanned line."""
     if isinstance(item, Rejected):
         return item
+    if is_held_out(item.task_key, holdout):
+        return Rejected(item.line, "dropped", "held_out", f"task {item.task_key} is held out for evaluation")
     if item.reward < p.min_reward:
         return Rejected(item.line, "dropped", "reward_below_min", f"{item.reward} < {p.min_reward}")
     if p.min_turns is not None and item.turns < p.min_turns:
@@ -43,8 +51,9 @@ def decide(item: CatalogEntry | Rejected, p: FilterParams) -> CatalogEntry | Rej
     return item
 
 
-def is_kept(p: FilterParams, item: CatalogEntry) -> bool:
-    return not isinstance(decide(item, p), Rejected)
+def needs_raw(p: FilterParams, holdout: float, item: CatalogEntry) -> bool:
+    """Kept lines are copied; a held-out rollout's line gives its task's input line."""
+    return is_held_out(item.task_key, holdout) or not isinstance(decide(item, p, holdout), Rejected)
 
 
 @dataclass
@@ -96,6 +105,7 @@ def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
         "too_few_turns": f"filter.min_turns={p.min_turns}",
         "too_many_turns": f"filter.max_turns={p.max_turns}",
         "duplicate": "duplicate lines",
+        "held_out": "eval.holdout_fraction",
     }
     removed = ", ".join(f"{causes.get(k, k)} removed {v}" for k, v in m["dropped_by_reason"].items()) or "nothing dropped"
     invalid = ", ".join(f"{k}: {v}" for k, v in m["invalid_by_reason"].items()) or "none"
@@ -106,11 +116,9 @@ def nothing_kept_message(m: dict, p: FilterParams, n_files: int) -> str:
 
 
 def run(params: Params) -> dict:
-    paths = params.paths
-    sources = resolve_sources(params.rollout_specs)
+    paths, holdout = params.paths, params.eval.holdout_fraction
+    sources = training_sources(params.rollout_specs, params.round_files, params.iterate.round)
     describe(sources)
-    if not sources.files:
-        raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
     tally = Tally()
     with (
         atomic_dir(paths.filtered) as out,
@@ -118,16 +126,22 @@ def run(params: Params) -> dict:
         open(out / "index.jsonl", "wb") as index_f,
         open(out / "rejects.jsonl", "wb") as rejects_f,
         CatalogWriter(paths.catalog, sources.files, params.convert.merge_system) as catalog,
+        atomic_dir(paths.holdout) as held_dir,
+        open(held_dir / holdout_tasks(paths.holdout).name, "wb") as held_f,
     ):
         rejects = RejectLog(rejects_f)
         workers = resolve_workers(params.data.workers, total_bytes(sources.files))
+        held_keys: set[str] = set()
         for scanned in scan(sources.files, params.convert.merge_system, workers,
-                            want_raw=partial(is_kept, params.filter)):
-            item = decide(scanned, params.filter)
+                            want_raw=partial(needs_raw, params.filter, holdout)):
+            item = decide(scanned, params.filter, holdout)
             tally.add(item, scanned.reward if isinstance(scanned, CatalogEntry) else None)
             catalog.add(scanned)
             if isinstance(item, Rejected):
                 rejects.add(item)
+                if item.reason == "held_out" and scanned.task_key not in held_keys:
+                    held_keys.add(scanned.task_key)
+                    held_f.write(dumps(task_input(orjson.loads(scanned.line.raw))) + b"\n")
                 continue
             kept_f.write(item.line.raw + b"\n")
             index_f.write(
@@ -136,6 +150,7 @@ def run(params: Params) -> dict:
                 + b"\n"
             )
         m = tally.metrics()
+        m["held_out_tasks"] = len(held_keys)
         m["files_read"] = len(sources.files)
         m["files_skipped"] = len(sources.skipped)
         if tally.kept == 0:

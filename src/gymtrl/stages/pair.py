@@ -4,6 +4,7 @@ Rollouts are grouped by task key and sorted by reward; `pair.strategy` picks pai
 >= `pair.min_diff`. Memory stays flat on large inputs: the grouping reads filter's catalog (task key,
 reward, file, offset per rollout; a declared dependency of this stage), then only the lines a pair
 uses are read back. Invalid and duplicate lines are counted from the catalog and listed by filter.
+Held-out tasks (eval.holdout_fraction) are never paired.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from ..catalog import CatalogEntry, CatalogError, read_catalog
+from ..catalog import CatalogEntry, CatalogError, is_held_out, read_catalog, training_sources
 from ..chat import ChatFormat, format_messages
 from ..io import Columns, ParquetWriter, atomic_dir, encode_row, write_json
 from ..models import chat_format
 from ..parallel import batched, ordered_map, resolve_workers
 from ..params import Params
-from ..rollouts import Line, Rollout, open_binary, parse_line, read_line_at, resolve_sources, total_bytes
+from ..rollouts import Line, Rollout, open_binary, parse_line, read_line_at, total_bytes
 from .common import StageError, describe, log, main
 
 METRICS = "pair.json"
@@ -100,29 +101,56 @@ def plan_pairs(entries: Iterable[Entry], strategy: str, min_diff: float) -> Pair
     return PairPlan(pairs, dict(stats))
 
 
-def entries_from(catalog: Iterable[CatalogEntry], files: list[Path]) -> Iterator[Entry]:
+def entries_from(catalog: Iterable[CatalogEntry], files: list[Path], holdout: float) -> Iterator[Entry]:
+    """The catalogued rollouts pair may use: not those of held-out tasks (eval.holdout_fraction)."""
     file_no = {str(p): i for i, p in enumerate(files)}
     for order, c in enumerate(catalog):
+        if is_held_out(c.task_key, holdout):
+            continue
         yield Entry(c.task_key, c.reward, file_no[c.line.source], c.line.offset, c.line.lineno, order)
 
 
 PAIR_COLUMNS: Columns = {
     "prompt": "json_list", "chosen": "json_list", "rejected": "json_list", "tools": "json", "task_key": "string",
     "chosen_reward": "float64", "rejected_reward": "float64", "chosen_source": "string", "chosen_line": "int64",
-    "rejected_source": "string", "rejected_line": "int64",
+    "rejected_source": "string", "rejected_line": "int64", "cut_at": "int64", "shared_messages": "int64",
 }
 
 
-def pair_row(chosen: Rollout, rejected: Rollout, fmt: ChatFormat) -> dict | str:
-    """A TRL conversational preference row, or the reason the two cannot form one."""
+def _content(m: dict) -> dict:
+    """A message without its tool-call ids: ids are bookkeeping that differs between two rollouts even
+    when the model said the same thing."""
+    out = {k: v for k, v in m.items() if k != "tool_call_id"}
+    if "tool_calls" in m:
+        out["tool_calls"] = [{k: v for k, v in c.items() if k != "id"} for c in m["tool_calls"]]
+    return out
+
+
+def shared_turns(chosen: list[dict], rejected: list[dict]) -> int:
+    """How many leading messages of two continuations are the same, backed off to the start of an
+    assistant turn, so that both sides begin where the model acts and both keep at least one message."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) - 1 and _content(chosen[k]) == _content(rejected[k]):
+        k += 1
+    while k > 0 and chosen[k]["role"] != "assistant":
+        k -= 1
+    return k
+
+
+def pair_row(chosen: Rollout, rejected: Rollout, fmt: ChatFormat, cut: str = "divergence") -> dict | str:
+    """A TRL conversational preference row, or the reason the two cannot form one. `cut`: `divergence`
+    moves the turns both rollouts share into the prompt (they are context, not a choice); `prompt` keeps
+    the task's prompt as the prompt."""
     if chosen.conversation.prompt != rejected.conversation.prompt:
         return "prompt_mismatch"
-    if not chosen.conversation.continuation or not rejected.conversation.continuation:
+    ours, theirs = chosen.conversation.continuation, rejected.conversation.continuation
+    if not ours or not theirs:
         return "empty_continuation"
+    k = shared_turns(ours, theirs) if cut == "divergence" else 0
     return {
-        "prompt": format_messages(chosen.conversation.prompt, fmt),
-        "chosen": format_messages(chosen.conversation.continuation, fmt),
-        "rejected": format_messages(rejected.conversation.continuation, fmt),
+        "prompt": format_messages(chosen.conversation.prompt + ours[:k], fmt),
+        "chosen": format_messages(ours[k:], fmt),
+        "rejected": format_messages(theirs[k:], fmt),
         "tools": chosen.conversation.tools,
         "task_key": chosen.task_key,
         "chosen_reward": chosen.reward,
@@ -131,15 +159,15 @@ def pair_row(chosen: Rollout, rejected: Rollout, fmt: ChatFormat) -> dict | str:
         "chosen_line": chosen.line.lineno,
         "rejected_source": rejected.line.source,
         "rejected_line": rejected.line.lineno,
+        "cut_at": chosen.conversation.prompt_len + k,  # the first message of chosen / rejected in the rollouts
+        "shared_messages": k,  # continuation messages both rollouts share, now part of the prompt
     }
 
 
 def run(params: Params) -> dict:
     p, paths = params.pair, params.paths
-    sources = resolve_sources(params.rollout_specs)
+    sources = training_sources(params.rollout_specs, params.round_files, params.iterate.round)
     describe(sources)
-    if not sources.files:
-        raise StageError(f"data.rollouts={params.data.rollouts!r}: no rollout file found")
     fmt = chat_format(paths.base_model, params.convert.arguments, params.convert.reasoning,
                       params.model.trust_remote_code)
     try:
@@ -147,7 +175,8 @@ def run(params: Params) -> dict:
     except CatalogError as err:
         raise StageError(f"pair: {err}") from None
     counts = Counter(catalog.counts)
-    plan = plan_pairs(entries_from(catalog.entries, sources.files), p.strategy, p.min_diff)
+    plan = plan_pairs(entries_from(catalog.entries, sources.files, params.eval.holdout_fraction), p.strategy,
+                      p.min_diff)
     workers = resolve_workers(params.data.workers, total_bytes(sources.files))
     with (
         # Same file system as the output: the spool can be as large as the lines the pairs use.
@@ -156,7 +185,7 @@ def run(params: Params) -> dict:
         ParquetWriter(out / "train.parquet", PAIR_COLUMNS) as writer,
     ):
         read_from, pairs = spool_compressed(sources.files, plan.pairs, Path(spool))
-        context = ReadBack(tuple(str(f) for f in sources.files), read_from, params.convert.merge_system, fmt)
+        context = ReadBack(tuple(str(f) for f in sources.files), read_from, params.convert.merge_system, fmt, p.cut)
         for _, rows in ordered_map(_pair_batch, context, batched(pairs, lambda _: 1, max_items=64), workers):
             for row in rows:
                 if isinstance(row, str):
@@ -164,6 +193,7 @@ def run(params: Params) -> dict:
                     continue
                 writer.write_encoded(row)
                 counts["pairs"] += 1
+                counts["pairs_cut_after_shared_turns"] += row["shared_messages"] > 0
     m = {
         "lines_read": counts["lines_read"],
         "rollouts": counts["rollouts"],
@@ -177,7 +207,9 @@ def run(params: Params) -> dict:
         "prompt_mismatch": counts["prompt_mismatch"],
         "empty_continuation": counts["empty_continuation"],
         "pairs": counts["pairs"],
+        "pairs_cut_after_shared_turns": counts["pairs_cut_after_shared_turns"],
         "strategy": p.strategy,
+        "cut": p.cut,
         "min_diff": p.min_diff,
     }
     if m["pairs"] == 0:
@@ -229,6 +261,7 @@ class ReadBack:
     read_from: tuple[str, ...]  # where to read each file's lines (a plain copy for .gz files)
     merge_system: bool
     fmt: ChatFormat
+    cut: str  # pair.cut
 
 
 def _pair_batch(ctx: ReadBack, pairs: list[Pair]) -> list[dict | str]:
@@ -238,7 +271,7 @@ def _pair_batch(ctx: ReadBack, pairs: list[Pair]) -> list[dict | str]:
         out = []
         for pair in pairs:
             chosen, rejected = (_read_back(e, ctx, handles) for e in pair)
-            row = pair_row(chosen, rejected, ctx.fmt)
+            row = pair_row(chosen, rejected, ctx.fmt, ctx.cut)
             out.append(row if isinstance(row, str) else encode_row(row, PAIR_COLUMNS))
         return out
     finally:

@@ -45,7 +45,7 @@ def inspect_rollouts(specs: list[str], params: Params) -> dict:
     per_file: dict[str, Counter] = {}
     workers = resolve_workers(params.data.workers, total_bytes(sources.files))
     for parsed in scan(sources.files, params.convert.merge_system, workers):
-        verdict = decide(parsed, params.filter)
+        verdict = decide(parsed, params.filter, params.eval.holdout_fraction)
         tally.add(verdict, None if isinstance(parsed, Rejected) else parsed.reward)
         fc = per_file.setdefault(parsed.line.source, Counter())
         fc["lines"] += 1
