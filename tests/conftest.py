@@ -39,6 +39,16 @@ def fixture(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def base_tokenizer():
+    """The embedded model's tokenizer as shipped: the vocabulary the family tokenizers are built on."""
+    from transformers import AutoTokenizer
+
+    from gymtrl.models import EMBEDDED_GGUF, embedded_dir
+
+    return AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
+
+
+@pytest.fixture(scope="session")
 def embedded_tokenizer():
     """The embedded model's real tokenizer, with the pipeline's tool template installed."""
     from transformers import AutoTokenizer

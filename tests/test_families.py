@@ -36,15 +36,6 @@ IDS = [f.name for f in FAMILIES]
 
 
 @pytest.fixture(scope="module")
-def base_tokenizer():
-    from transformers import AutoTokenizer
-
-    from gymtrl.models import EMBEDDED_GGUF, embedded_dir
-
-    return AutoTokenizer.from_pretrained(embedded_dir(), gguf_file=EMBEDDED_GGUF)
-
-
-@pytest.fixture(scope="module")
 def fixture_rollouts():
     rows = []
     for f in sorted(FIXTURES.glob("*_rollouts.jsonl")):

@@ -14,6 +14,10 @@ Pure functions over messages and rendered text; the tokenizer is only used throu
   renders). Templates that rewrite history (Qwen3 hides reasoning before the last user message, gpt-oss
   hides a tool call's analysis once a final answer follows) give several samples for one row;
   consistent templates give one. Nothing is dropped and no `{% generation %}` markers are needed.
+- `preference_sample`: a DPO pair tokenized the same way: prompt ids shared by both sides, and for each
+  side the completion ids with a mask that is 1 only on the assistant's own tokens. Tool results and
+  environment turns inside a multi-turn continuation are context the model conditions on, not a choice
+  it made, so they carry no loss.
 """
 
 from __future__ import annotations
@@ -258,3 +262,64 @@ def tokenize_sample(tokenizer, sample: Sample, assistant_only: bool = True) -> d
         if k < len(spans) and start < spans[k][1] and end > spans[k][0]:
             mask[n] = 1
     return {"input_ids": ids, "assistant_masks": mask}
+
+
+@dataclass(frozen=True)
+class PreferenceSample:
+    """A DPO pair as the trainer sees it: `prompt_ids + chosen_ids` is the chosen text's tokens."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_mask: list[int]  # 1 = an assistant token of the chosen continuation (scored), 0 = context
+    rejected_mask: list[int]
+    turns_out_of_context: int  # turns scored in a context the template rewrote (see _side)
+
+
+def _side(tokenizer, prompt: list[dict], side: list[dict], tools, fmt: ChatFormat) -> tuple[dict, int]:
+    """One side's tokens and assistant mask, over the turns after the prompt. A turn is scored where it
+    renders as it would be generated (the same check as SFT's training_samples). A template that
+    rewrites earlier turns (Qwen3 drops their empty think block) still shows the turn's own text, tool
+    call included, in the one sequence DPO scores: it is scored there, and counted, since the text
+    before it differs a little from what the model saw at inference. SFT trains such turns in their own
+    context instead (several samples per row); a DPO side is one sequence."""
+    messages = prompt + side
+    text = render(tokenizer, messages, tools, fmt)
+    turns = [t for t in assistant_turns(tokenizer, messages, tools, fmt) if t.index >= len(prompt)]
+    spans, moved, cursor = [], 0, 0
+    for t in turns:
+        if _fits(text, t):
+            start = len(t.prompt)
+        else:
+            start, end = _locate(text, t.completion, cursor)
+            if start < 0:
+                raise TemplateMismatch(f"assistant message {t.index}: its text is not in the rendered conversation")
+            moved += 1
+        end = start + len(t.completion) if _fits(text, t) else end
+        spans.append((start, end))
+        cursor = end
+    return tokenize_sample(tokenizer, Sample(text, tuple(spans))), moved
+
+
+def _locate(text: str, completion: str, cursor: int) -> tuple[int, int]:
+    """Where a turn's own text is in `text` (from `cursor`): the whole completion, or its longest tail
+    that is at least half of it (history drops a leading empty think block: Qwen3, DeepSeek-R1)."""
+    for k in range(len(completion) // 2 + 1):
+        start = text.find(completion[k:], cursor)
+        if start >= 0:
+            return start, start + len(completion) - k
+    return -1, -1
+
+
+def preference_sample(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict], tools,
+                      fmt: ChatFormat) -> PreferenceSample | None:
+    """The pair's tokens and assistant-only masks, or None when a side has no scorable assistant token."""
+    c, c_moved = _side(tokenizer, prompt, chosen, tools, fmt)
+    r, r_moved = _side(tokenizer, prompt, rejected, tools, fmt)
+    ci, ri, cm, rm = c["input_ids"], r["input_ids"], c["assistant_masks"], r["assistant_masks"]
+    if 1 not in cm or 1 not in rm:
+        return None
+    # The prompt is what both texts share, and never reaches into a scored token of either side.
+    n = len(os.path.commonprefix([ci, ri]))
+    n = min(n, cm.index(1), rm.index(1))
+    return PreferenceSample(ci[:n], ci[n:], ri[n:], cm[n:], rm[n:], c_moved + r_moved)

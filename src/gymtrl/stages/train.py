@@ -128,20 +128,6 @@ def _check_lengths(lengths: list[int], kind: str, max_length: int | None) -> dic
             "truncated": over, "max_tokens": max(lengths)}
 
 
-def length_report(tokenizer, ds, max_length: int | None, fmt) -> dict:
-    """DPO rows: the longer side of each pair, rendered as training will."""
-    from ..templates import render
-
-    lengths = []
-    for row in ds:
-        longest = 0
-        for side in ("chosen", "rejected"):
-            text = render(tokenizer, row["prompt"] + row[side], row.get("tools"), fmt)
-            longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-        lengths.append(longest)
-    return _check_lengths(lengths, "dpo", max_length)
-
-
 @dataclass
 class SftData:
     dataset: object  # datasets.Dataset of input_ids + assistant_masks
@@ -178,6 +164,38 @@ def sft_dataset(tokenizer, rows, fmt, assistant_only: bool, max_length: int | No
     return SftData(Dataset.from_list(encoded), report, assistant_only)
 
 
+def dpo_dataset(tokenizer, rows, fmt, max_length: int | None):
+    """Preference rows -> tokenized pairs with assistant-only masks (faithful.preference_sample), and a
+    report of what is scored: `assistant_tokens` of `completion_tokens` (the rest is tool and environment
+    text inside the continuations, which is context)."""
+    from datasets import Dataset
+
+    from ..faithful import TemplateMismatch, preference_sample
+
+    encoded, skipped, moved = [], 0, 0
+    for row in rows:
+        try:
+            pair = preference_sample(tokenizer, row["prompt"], row["chosen"], row["rejected"], row.get("tools"), fmt)
+        except TemplateMismatch:
+            pair = None
+        if pair is None:
+            skipped += 1
+            log(f"train: skipping pair {row.get('chosen_source')}:{row.get('chosen_line')}: the template renders a "
+                f"side's assistant turn otherwise than as generated, or a side has no assistant token")
+            continue
+        moved += pair.turns_out_of_context
+        encoded.append({"prompt_ids": pair.prompt_ids, "chosen_ids": pair.chosen_ids, "rejected_ids": pair.rejected_ids,
+                        "chosen_mask": pair.chosen_mask, "rejected_mask": pair.rejected_mask})
+    if not encoded:
+        raise _empty("dpo")
+    report = _check_lengths([len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"]))
+                             for e in encoded], "dpo", max_length)
+    report.update({"rows": len(encoded), "rows_skipped": skipped, "turns_out_of_context": moved,
+                   "completion_tokens": sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in encoded),
+                   "assistant_tokens": sum(sum(e["chosen_mask"]) + sum(e["rejected_mask"]) for e in encoded)})
+    return Dataset.from_list(encoded), report
+
+
 def _peft_config(params: Params):
     """`train.lora` -> peft.LoraConfig, every field passed through, like train.sft / train.dpo."""
     if params.train.lora is None:
@@ -203,23 +221,27 @@ def _live_callback(live_dir: Path, phase: str):
 
 def _train_phase(kind: str, params: Params, model, tokenizer, fmt, data: Path, ckpt_dir: Path, live_dir: Path,
                  device: str) -> tuple[object, dict]:
-    from trl import DPOTrainer, SFTTrainer
+    from trl import SFTTrainer
 
     user = params.train.sft if kind == "sft" else params.train.dpo
     config = build_config(kind, user, str(ckpt_dir / kind), params.train.seed, device)
     ds = load_rows(data, kind, params.train.max_examples)
     peft_config = _peft_config(params)
-    trainer_cls = SFTTrainer if kind == "sft" else DPOTrainer
-    with exact_json_decoding():  # the trainer tokenizes (reads every row) while it is built
+    extra = {}
+    with exact_json_decoding():  # rows are read (and tokenized) here
         if kind == "sft":
             sft = sft_dataset(tokenizer, ds, fmt, bool(config.assistant_only_loss), config.max_length)
             # Our mask is in the data (`assistant_masks`); TRL's own flag would demand generation markers.
             config.assistant_only_loss = False
             ds, lengths = sft.dataset, {**sft.lengths, "assistant_only_loss": sft.assistant_only}
+            trainer_cls = SFTTrainer
         else:
-            lengths = length_report(tokenizer, ds, config.max_length, fmt)
-        trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
-                              peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)])
+            from ..dpo import AssistantOnlyDPOTrainer, collator
+
+            ds, lengths = dpo_dataset(tokenizer, ds, fmt, config.max_length)
+            trainer_cls, extra = AssistantOnlyDPOTrainer, {"data_collator": collator(tokenizer, config)}
+    trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)], **extra)
     last = _last_checkpoint(ckpt_dir / kind)
     if last:
         log(f"train: resuming {kind} from {last}")
