@@ -83,3 +83,13 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "params.yaml").write_text("filter: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_bf16_is_chosen_from_cpu_features_not_from_a_timing():
+    from gymtrl.stages.train import native_bf16
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n"
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert native_bf16(amd) and native_bf16(arm) and not native_bf16(avx2_only) and not native_bf16("")
+    assert not native_bf16("model name\t: some bf16 marketing name\n")  # only the feature lists count

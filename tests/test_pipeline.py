@@ -117,11 +117,14 @@ def test_next_round_trains_on_the_collection_and_compares_round_over_round(repo)
     first = orjson.loads((repo / "metrics/filter.json").read_bytes())
     run(["gymtrl", "next-round"], repo)
     assert (repo / "data/rounds/round-1.jsonl.gz.dvc").exists()
-    staged = run(["git", "diff", "--cached", "--name-only"], repo).split()
-    assert "data/rounds/round-1.jsonl.gz.dvc" in staged and "data/rounds/round-1.jsonl.gz" not in staged
     shown = orjson.loads(run(["dvc", "exp", "show", "--json"], repo))
     names = [e.get("name") for rev in shown for e in (rev.get("experiments") or []) for e in e.get("revs", [])]
     assert "round-2" in names
+    # The experiment's commit versions the frozen round (its .dvc file), not the data (DVC's cache has it).
+    (ref,) = [r for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).split()
+              if r.endswith("/round-2")]
+    tree = run(["git", "ls-tree", "-r", "--name-only", ref], repo).split()
+    assert "data/rounds/round-1.jsonl.gz.dvc" in tree and "data/rounds/round-1.jsonl.gz" not in tree
     # Round 2 (now in the workspace) read the demo's rollouts and round 1's samples.
     second = orjson.loads((repo / "metrics/filter.json").read_bytes())
     assert second["lines_read"] == first["lines_read"] + collected and second["files_read"] == 2

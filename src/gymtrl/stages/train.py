@@ -26,31 +26,34 @@ from .common import StageError, log, main
 METRICS = "train.json"
 
 
+# CPU features that run bf16 matmuls natively (x86: AVX512-BF16, AMX; Arm: the BF16 extension).
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def native_bf16(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's flags (x86) or Features (Arm) name a native bf16 instruction set."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and NATIVE_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
 def precision(device: str) -> dict:
-    """bf16 autocast where the hardware runs it fast: CUDA with bf16, or a CPU whose bf16 matmul beats
-    fp32. Timed, not assumed: a CPU without native bf16 (AVX2 only) emulates it, measured here at 27x
-    slower than fp32 on a 256x256 matmul, which turns an 8-minute training into hours. Setting
-    `bf16` under train.sft / train.dpo overrides this."""
+    """bf16 autocast where the hardware runs it natively: CUDA with bf16, or a CPU with bf16 instructions.
+    A CPU without them (AVX2 only) emulates bf16, measured at 27x slower than fp32 on a 256x256 matmul,
+    which turns an 8-minute training into hours. Decided from the CPU's features, not by timing a matmul:
+    a timing flips with the machine's load, and with it the trained weights (two runs of the same
+    experiment differed while other jobs shared the cores). `bf16` under train.sft / train.dpo overrides."""
     import torch
 
     if device.startswith("cuda"):
         return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
-    a = torch.randn(256, 256)
-
-    def best(bf16: bool) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                a @ a
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     try:
-        fast = best(True) < best(False)
-    except RuntimeError:  # autocast to bf16 not available at all
-        fast = False
-    return {"bf16": fast, "use_cpu": True}
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: fp32, the safe choice (set bf16: true to override)
+        cpuinfo = ""
+    return {"bf16": native_bf16(cpuinfo), "use_cpu": True}
 
 
 def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str):
