@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import log
+from ..io import atomic_open, log
 from ..params import Params, round_file
 from ..stages.collect import ROLLOUTS
 
@@ -34,12 +34,11 @@ class NextRound:
 
 
 def freeze(collected: Path, target: Path) -> None:
-    """A gzip copy with a fixed header time, so the same collection always has the same hash."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(collected, "rb") as src, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+    """A gzip copy with a fixed header (no time, no file name: the temp file's would vary), so the same
+    collection always has the same bytes and DVC hash; written atomically like every artifact."""
+    with open(collected, "rb") as src, atomic_open(target) as raw, \
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
         shutil.copyfileobj(src, gz)
-    tmp.replace(target)
 
 
 def prepare(params: Params, overrides: list[str], repo: Path = Path(".")) -> NextRound:
