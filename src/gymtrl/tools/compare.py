@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..params import Params
@@ -224,5 +224,11 @@ def run(names: list[str], baseline: str | None, params: Params, examples: int, r
         runs += [Run(n, n, "success") for n in sorted(missing)]  # plain git revisions
     else:
         runs = [r for r in runs if r.kind in ("workspace", "experiment")]
+    if baseline and not any(baseline in (r.rev, r.label) for r in known):
+        # A git name (HEAD, a branch, a tag): DVC lists its commit by hash, so find that run by the hash,
+        # under the name given, and changed params are counted against the baseline's own params.
+        sha = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{baseline}^{{commit}}"], cwd=repo,
+                             capture_output=True, text=True).stdout.strip()
+        known = [replace(r, label=baseline) if sha and r.rev == sha else r for r in known]
     return build_report(runs, lambda path, rev: read_text(path, rev, repo), params.paths.eval, baseline,
                         params.eval.success_threshold, examples, known)
