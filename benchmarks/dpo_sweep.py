@@ -1,0 +1,122 @@
+"""DPO from the trained SFT model: which pairs and which settings help on the held-out tasks.
+
+Needs `dvc repro` first: models/trained is the SFT model, data/pairs the reference pairs, data/collected
+the SFT model's own samples (k per training task) and data/eval/trained_rollouts.jsonl its held-out result.
+
+For each pair source and each DPO setting, the train stage's own code runs DPO starting from the SFT model
+(`train.method: dpo` with `paths.base_model` pointing at it), the result plays the held-out tasks the way
+the evaluate stage does (play.py, eval.* settings, greedy), and gymtrl compare's paired statistics compare
+it task by task with the SFT model. Pair sources:
+  reference  data/pairs: the pair stage's pairs of the reference rollouts (data.rollouts)
+  onpolicy   pairs the filter and pair stages build from data/collected alone: the SFT model's own samples
+Writes benchmarks/dpo_sweep.json (one row per run; reruns of a name replace it).
+
+    python benchmarks/dpo_sweep.py --sources reference onpolicy --grid 5e-6:0.1:2 3e-5:0.1:2:1
+    (each grid entry is learning_rate:beta:epochs[:nll_weight]; ~5 min per run on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src")]
+
+from gymtrl.params import deep_merge, parse_params, read_params_file  # noqa: E402
+
+PARAMS = read_params_file(ROOT / "params.yaml")
+PATHS = PARAMS["paths"]
+WORK = ROOT / "benchmarks" / ".work" / "dpo_sweep"
+OUT = ROOT / "benchmarks" / "dpo_sweep.json"
+
+
+def onpolicy_pairs(strategy: str) -> tuple[Path, dict]:
+    """filter + pair over the SFT model's collected samples only (no reference rollouts)."""
+    from gymtrl.stages import filter as filter_stage, pair
+
+    work = WORK / f"pairs-onpolicy-{strategy}"
+    paths = {k: str(work / k) for k in ("filtered", "catalog", "holdout", "pairs", "metrics", "plots")}
+    params = parse_params(deep_merge(PARAMS, {
+        "data": {"rollouts": str(ROOT / PATHS["collected"] / "rollouts.jsonl")},
+        "paths": {**paths, "base_model": str(ROOT / PATHS["base_model"])},
+        "iterate": {"round": 1}, "pair": {"strategy": strategy}}))
+    filter_stage.run(params)
+    return Path(paths["pairs"]), pair.run(params)
+
+
+def dpo_from_sft(name: str, pairs_dir: Path, lr: float, beta: float, epochs: float, nll: float) -> tuple[Path, dict]:
+    from gymtrl.stages import train
+
+    work = WORK / name
+    dpo = {"learning_rate": lr, "beta": beta, "num_train_epochs": epochs}
+    if nll:  # TRL's "sft" loss term: NLL of the chosen side (its assistant tokens: our mask), beside DPO's
+        dpo.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, nll])
+    params = parse_params(deep_merge(PARAMS, {
+        "paths": {"base_model": str(ROOT / PATHS["trained_model"]), "pairs": str(pairs_dir),
+                  "trained_model": str(work / "model"), "checkpoints": str(work / "ckpt"),
+                  "training_logs": str(work / "live"), "metrics": str(work)},
+        "train": {"method": "dpo", "dpo": dpo}}))
+    return work / "model", train.run(params)["dpo"]
+
+
+def held_out(model_dir: Path, name: str) -> Path:
+    from gymtrl.io import read_jsonl, write_jsonl
+    from gymtrl.play import builtin_rollouts
+    from gymtrl.stages.evaluate import sampling
+
+    params = parse_params(PARAMS)
+    tasks = list(read_jsonl(ROOT / params.eval.tasks))[: params.eval.limit]
+    out = model_dir.parent / "heldout_rollouts.jsonl"
+    write_jsonl(out, builtin_rollouts(str(model_dir), tasks, sampling(params), params, name))
+    return out
+
+
+def versus_sft(path: Path) -> dict:
+    from gymtrl.tools.compare import compare_pair, rewards_by_task
+
+    sft = ROOT / PATHS["eval"] / "trained_rollouts.jsonl"
+    result = compare_pair(rewards_by_task(sft.read_text(), str(sft)), rewards_by_task(path.read_text(), str(path)),
+                          PARAMS["eval"]["success_threshold"])
+    result.pop("flips")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", nargs="+", default=["reference", "onpolicy"], choices=["reference", "onpolicy"])
+    parser.add_argument("--grid", nargs="+", default=["5e-6:0.1:2"],
+                        help="learning_rate:beta:epochs[:nll_weight] (nll_weight > 0 adds TRL's sft loss term)")
+    parser.add_argument("--onpolicy-strategy", default=PARAMS["pair"]["strategy"])
+    args = parser.parse_args()
+    rows = {r["name"]: r for r in json.loads(OUT.read_text())} if OUT.exists() else {}
+    for source in args.sources:
+        if source == "reference":
+            pairs_dir, pair_metrics = ROOT / PATHS["pairs"], json.loads((ROOT / PATHS["metrics"] / "pair.json").read_text())
+        else:
+            pairs_dir, pair_metrics = onpolicy_pairs(args.onpolicy_strategy)
+        for entry in args.grid:
+            lr, beta, epochs, nll = (float(x) for x in [*entry.split(":"), "0"][:4])
+            strategy = pair_metrics["strategy"]
+            name = f"{source}-{strategy}-lr{lr:g}-beta{beta:g}-ep{epochs:g}" + (f"-nll{nll:g}" if nll else "")
+            started = time.perf_counter()
+            model_dir, m = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll)
+            path = held_out(model_dir, name)
+            rows[name] = {"name": name, "source": source, "strategy": strategy, "pairs": pair_metrics["pairs"],
+                          "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"],
+                          "dpo_train_loss": m["train_loss"], "dpo_seconds": m["train_seconds"],
+                          "seconds": round(time.perf_counter() - started, 1), "vs_sft": versus_sft(path),
+                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
+            OUT.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
+            v = rows[name]["vs_sft"]
+            print(f"{name}: success {v['run_success_rate']:.2f} (delta {v['delta_success_rate']:+.2f} "
+                  f"{v['delta_success_rate_ci95']}), flips +{v['fail_to_success']}/-{v['success_to_fail']}, "
+                  f"p={v['mcnemar_p']}, {v['verdict']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
