@@ -40,6 +40,14 @@ VARIANTS = {
     "glibc mmap threshold 128 KiB": {"env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
     "micro-batch 2 x 4 + mmap threshold": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": GLOBAL_BATCH // 2,
                                            "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
+    "micro-batch 1 x 8 + activation checkpointing": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                                     "activation_checkpointing": True},
+    "micro-batch 1 x 8 + mmap threshold": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                           "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
+    "micro-batch 1 x 8 + mmap threshold 1 MiB": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                                 "env": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}},
+    "micro-batch 1 x 8 + mmap threshold 4 MiB": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                                 "env": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}},
 }
 
 
