@@ -106,6 +106,9 @@ class TrainParams(_Section):
     # Passed straight to trl.SFTConfig / trl.DPOConfig; a key they do not know is an error.
     sft: dict[str, Any]
     dpo: dict[str, Any]
+    # > 1: the stage relaunches itself under `accelerate launch` (DDP; or what accelerate_config says)
+    num_processes: int = Field(ge=1)
+    accelerate_config: Optional[str]  # an accelerate config file (FSDP, DeepSpeed), or null
 
 
 class GymParams(_Section):

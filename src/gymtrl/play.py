@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .io import log, write_jsonl
 from .params import Params
+from .progress import Progress
 from .rollouts import Rejected, iter_lines, parse_line
 from .stats import reward_metrics
 
@@ -76,7 +77,13 @@ def builtin_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Par
     settings = GenerationSettings(max_turns=s.max_turns, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                                   temperature=s.temperature, top_p=s.top_p, seed=s.seed)
     started = time.perf_counter()
-    records = play_tasks(model, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name)
+    with Progress(name, len(tasks) * s.num_repeats, "episodes") as progress:
+        def on_batch(done: int, new_tokens: int) -> None:
+            rate = new_tokens / max(time.perf_counter() - started, 1e-9)
+            progress.update(done, **{"tokens/s": f"{rate:.0f}"})
+
+        records = play_tasks(model, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name,
+                             on_batch=on_batch)
     seconds = time.perf_counter() - started
     tokens = sum(r["new_tokens"] for r in records)
     log(f"{name}: {len(records)} episodes, {tokens} new tokens in {seconds:.1f}s ({tokens / seconds:.0f} tokens/s)")

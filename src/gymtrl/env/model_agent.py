@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import orjson
 
@@ -152,8 +152,10 @@ def step(ep: Episode, turn: Generated, settings: GenerationSettings, fmt: ChatFo
 
 
 def play(model, tokenizer, tasks: list[dict], settings: GenerationSettings, fmt: ChatFormat,
-         num_repeats: int = 1, model_name: str = "model") -> list[dict]:
-    """Plays every task `num_repeats` times; all unfinished episodes advance together, in batches."""
+         num_repeats: int = 1, model_name: str = "model",
+         on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Plays every task `num_repeats` times; all unfinished episodes advance together, in batches.
+    `on_batch(episodes_done, new_tokens)` is called after each generated batch (progress)."""
     episodes = []
     for task in tasks:
         messages = format_messages(prompt_messages(task["responses_create_params"]), fmt)
@@ -174,6 +176,8 @@ def play(model, tokenizer, tasks: list[dict], settings: GenerationSettings, fmt:
             seed += 1
             for i, turn in zip(chunk, turns):
                 step(active[i], turn, settings, fmt)
+            if on_batch is not None:
+                on_batch(sum(ep.done for ep in episodes), sum(ep.new_tokens for ep in episodes))
     return [
         gym_record(ep.task, ep.output, ep.rollout_index, model_name,
                    {"stop_reason": ep.stop_reason, "turns_used": ep.turns, "new_tokens": ep.new_tokens})
