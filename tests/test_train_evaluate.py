@@ -13,8 +13,8 @@ from gymtrl.params import deep_merge, parse_params
 from gymtrl.stages import convert, demo, evaluate, filter as filter_stage, pair, train
 from gymtrl.stages.common import StageError
 
-TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_size": 4, "logging_steps": 1,
-              "save_steps": 2}
+TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 2}
 
 
 def tiny_raw(tiny_model_dir, **over) -> dict:
@@ -193,3 +193,31 @@ def test_kill_9_during_training_resumes_from_the_last_checkpoint(data_ready, tin
     assert m["resumed_from"] and int(m["resumed_from"].rsplit("-", 1)[1]) >= 2
     assert m["steps"] == 20  # the whole schedule, finished after the resume
     assert (Path("models/trained") / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("threshold_kb, most_mb", [(None, None), (1024, 40)])
+def test_train_mmap_threshold_gives_freed_blocks_back_to_the_os(threshold_kb, most_mb):
+    """2 MiB blocks, like a step's activations, freed between small live objects: glibc's heaps keep them
+    (its threshold has grown past 2 MiB); with train.mmap_threshold_kb they go back to the OS."""
+    import subprocess
+
+    probe = f"""
+from gymtrl.stages.train import release_freed_memory
+def rss_mb():
+    return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+print(release_freed_memory({threshold_kb}))
+warm = bytearray(4 << 20); del warm
+before, blocks, pins = rss_mb(), [], []
+for i in range(150):
+    blocks.append(bytearray(b"x" * (2 << 20))); pins.append(bytearray(64 << 10))
+del blocks
+print(round(rss_mb() - before))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    applied, kept_mb = done.stdout.split()
+    assert applied == str(threshold_kb is not None)
+    if most_mb is None:
+        assert int(kept_mb) > 200  # the waste the setting removes: 300 MB freed and still resident
+    else:
+        assert int(kept_mb) < most_mb

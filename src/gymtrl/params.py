@@ -109,6 +109,9 @@ class TrainParams(_Section):
     # > 1: the stage relaunches itself under `accelerate launch` (DDP; or what accelerate_config says)
     num_processes: int = Field(ge=1)
     accelerate_config: Optional[str]  # an accelerate config file (FSDP, DeepSpeed), or null
+    # glibc: blocks of at least this many KiB are mmapped, so freed activations go back to the OS (null: glibc's
+    # default, whose heaps keep freed blocks of up to 32 MiB). Changes memory, not results.
+    mmap_threshold_kb: Optional[int] = Field(ge=1)
 
 
 class GymParams(_Section):

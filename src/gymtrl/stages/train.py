@@ -96,7 +96,7 @@ def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> 
     h = hashlib.sha256()
     h.update(code_digest())
     # how many processes run is not what is trained: a checkpoint resumes under another count (_check_resume)
-    h.update(dumps(params.train.model_dump(exclude={"num_processes", "accelerate_config"})))
+    h.update(dumps(params.train.model_dump(exclude={"num_processes", "accelerate_config", "mmap_threshold_kb"})))
     h.update(dumps(params.model.model_dump()))
     for f in [*data_files, *sorted(model_dir.glob("*"))]:
         if f.is_file():
@@ -396,6 +396,25 @@ def _last_any(ckpt_dir: Path) -> bool:
     return any(_last_checkpoint(d) for d in ckpt_dir.iterdir() if d.is_dir()) if ckpt_dir.is_dir() else False
 
 
+def release_freed_memory(threshold_kb: int | None) -> bool:
+    """glibc's mallopt(M_MMAP_THRESHOLD): blocks from `threshold_kb` KiB up are mmapped and unmapped when freed.
+    glibc's default threshold grows to 32 MiB, and its heaps keep what is freed below it, so a training step's
+    activations stay resident after the step: the stage's peak RSS was the sum of what several steps left
+    behind (benchmarks/RESULTS.md, "Train memory"). False where there is no glibc (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    if threshold_kb is None:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold_kb * 1024))
+
+
 def train(params: Params) -> dict:
     import resource
 
@@ -424,6 +443,8 @@ def train(params: Params) -> dict:
     if main_process:
         write_json(stamp, {"fingerprint": fingerprint, "processes": world_size()})
 
+    if not release_freed_memory(params.train.mmap_threshold_kb) and params.train.mmap_threshold_kb:
+        log("train: train.mmap_threshold_kb has no effect here (no glibc mallopt)")
     torch.manual_seed(params.train.seed)
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
     fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
