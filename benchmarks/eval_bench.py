@@ -24,9 +24,10 @@ def main() -> None:
     import torch
 
     from gymtrl.chat import convert_tools, format_messages, prompt_messages
-    from gymtrl.env.model_agent import GenerationSettings, play
+    from gymtrl.engines import GenerationSettings, HFEngine
+    from gymtrl.env.model_agent import play
     from gymtrl.io import read_jsonl
-    from gymtrl.models import load_model, load_tokenizer
+    from gymtrl.models import load_model, load_tokenizer, stop_token_ids
     from gymtrl.templates import probe_format
 
     parser = argparse.ArgumentParser()
@@ -45,7 +46,8 @@ def main() -> None:
         settings = GenerationSettings(max_turns=1, max_new_tokens=args.new_tokens, batch_size=batch_size,
                                       temperature=0.0, top_p=1.0, seed=0)
         started = time.perf_counter()
-        records = play(model, tokenizer, tasks, settings, fmt, model_name="bench")
+        engine = HFEngine(model, tokenizer, settings, stop_token_ids(tokenizer))
+        records = play(engine, tokenizer, tasks, settings, fmt, model_name="bench")
         return time.perf_counter() - started, sum(r["new_tokens"] for r in records)
 
     def bare() -> tuple[float, int]:

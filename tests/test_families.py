@@ -268,8 +268,8 @@ def test_convert_and_one_training_step(family, base_tokenizer, filtered_fixtures
     tok = family_tokenizer(family, base_tokenizer)
     model_dir = _tiny_model_dir(tok, tmp_path / "base")
     p = make_params(data={"workers": 1}, train={"max_examples": 6, "sft": {
-        "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 384, "assistant_only_loss": True,
-        "logging_steps": 1, "save_steps": 10}},
+        "max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 384,
+        "assistant_only_loss": True, "logging_steps": 1, "save_steps": 10}},
         paths={name: str(tmp_path / name) for name in ("sft", "pairs", "checkpoints", "training_logs", "metrics")}
         | {"filtered": str(filtered_fixtures), "base_model": str(model_dir), "trained_model": str(tmp_path / "trained")})
     m = convert.run(p)

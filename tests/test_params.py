@@ -20,7 +20,7 @@ from gymtrl.params import ParamsError, load_params, parse_params
         ({"train": {"method": "ppo"}}, "train.method = 'ppo'", "sft"),
         ({"train": {"lora": "big"}}, "train.lora = 'big'", "valid dictionary"),
         ({"paths": {"sft": None}}, "paths.sft = None", "valid string"),
-        ({"eval": {"gym": {"engine": "tgi"}}}, "eval.gym.engine = 'tgi'", "'auto', 'transformers' or 'vllm'"),
+        ({"eval": {"engine": "tgi"}}, "eval.engine = 'tgi'", "'auto', 'hf' or 'vllm'"),
         ({"eval": {"limit": 0}}, "eval.limit = 0", "greater than or equal to 1"),
         ({"eval": {"batch_size": 0}}, "eval.batch_size = 0", "greater than or equal to 1"),
         ({"data": {"workers": 0}}, "data.workers = 0", "a whole number >= 1 or 'auto'"),

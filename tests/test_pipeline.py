@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = {
     "demo": {"train_tasks": 12, "eval_tasks": 8, "num_repeats": 4, "seed": 7},
-    "train": {"max_examples": 12, "sft": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "max_length": 512,
+    "train": {"max_examples": 12, "sft": {"num_train_epochs": 1, "per_device_train_batch_size": 4,
+                                          "gradient_accumulation_steps": 1, "max_length": 512,
                                           "assistant_only_loss": True, "learning_rate": 0.0001, "save_steps": 2},
               "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "max_length": 512, "save_steps": 2}},
     "eval": {"max_new_tokens": 48, "max_turns": 3, "batch_size": 8},

@@ -13,8 +13,8 @@ from gymtrl.params import deep_merge, parse_params
 from gymtrl.stages import convert, demo, evaluate, filter as filter_stage, pair, train
 from gymtrl.stages.common import StageError
 
-TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_size": 4, "logging_steps": 1,
-              "save_steps": 2}
+TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 2}
 
 
 def tiny_raw(tiny_model_dir, **over) -> dict:
@@ -38,10 +38,16 @@ def data_ready(workdir, tiny_model_dir):
     return workdir
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # deprecation noise is silenced at its source
 @pytest.mark.parametrize("method", ["sft", "dpo", "sft+dpo"])
-def test_train_then_evaluate(data_ready, tiny_model_dir, method):
+def test_train_then_evaluate(data_ready, tiny_model_dir, method, capsys):
     p = tiny_params(tiny_model_dir, train={"method": method})
     m = train.run(p)
+    err = capsys.readouterr().err
+    for kind in method.split("+"):  # progress, as a piped log shows it, instead of the Trainer's raw dicts
+        assert f"train {kind}: 2/2 steps (100%)" in err and "loss " in err
+    assert "{'loss'" not in err
+    assert m["processes"] == 1 and m["peak_rss_mb"] > 100
     for kind in method.split("+"):
         assert m[kind]["examples"] == 8 and m[kind]["steps"] == 2 and m[kind]["train_loss"] > 0
         assert Path(f"dvclive/train/{kind}/plots/metrics/loss.tsv").exists()
@@ -50,6 +56,7 @@ def test_train_then_evaluate(data_ready, tiny_model_dir, method):
     card = (out / "README.md").read_text()
     assert f"method: {method}" in card and m["fingerprint"] in card
     result = evaluate.run(p)
+    assert "trained: 6/6 episodes (100%)" in capsys.readouterr().err  # tasks done / total, tokens/s
     base, trained = read_json("metrics/baseline.json"), read_json("metrics/eval.json")
     assert base["n"] == trained["n"] == 6 == result["trained"]["n"]
     lo, hi = trained["success_rate_ci95_low"], trained["success_rate_ci95_high"]
@@ -121,6 +128,45 @@ def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
     assert (Path("models/accel") / "model.safetensors").exists()
 
 
+def test_two_processes_train_like_one_with_the_same_global_batch(data_ready, tiny_model_dir):
+    """train.num_processes=2: the stage relaunches itself under `accelerate launch` (DDP over gloo on CPU).
+    Two processes of batch 2 see what one process of batch 4 sees, so with the same seed the loss curves
+    match (token-weighted loss averaged across processes), and the main process writes the model."""
+    common = {"max_examples": 16, "sft": {"learning_rate": 3e-3, "logging_steps": 1, "save_steps": 2}}
+    one = tiny_params(tiny_model_dir, train=deep_merge(common, {"sft": {"per_device_train_batch_size": 4}}),
+                      paths={"training_logs": "live_one", "metrics": "metrics_one", "trained_model": "models/one"})
+    two = tiny_params(tiny_model_dir, train=deep_merge(common, {"num_processes": 2,
+                                                                "sft": {"per_device_train_batch_size": 2}}),
+                      paths={"training_logs": "live_two", "metrics": "metrics_two", "trained_model": "models/two"})
+    m1, m2 = train.run(one), train.run(two)
+    assert (m1["processes"], m2["processes"]) == (1, 2)
+    assert m1["sft"]["steps"] == m2["sft"]["steps"] == 4 and m2["sft"]["examples"] == 16
+    assert (Path("models/two") / "model.safetensors").exists() and read_json("metrics_two/train.json") == m2
+
+    def curve(live: str) -> list[float]:
+        rows = Path(f"{live}/sft/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+        return [float(r.split("\t")[-1]) for r in rows]
+
+    assert len(curve("live_one")) == 4
+    assert curve("live_two") == pytest.approx(curve("live_one"), rel=1e-3)
+
+
+def test_sharded_checkpoints_resume_only_under_the_process_count_that_wrote_them(tmp_path, tiny_model_dir):
+    from gymtrl.io import write_json
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "sft" / "checkpoint-2").mkdir(parents=True)
+    (ckpt / "sft" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    write_json(ckpt / "fingerprint.json", {"fingerprint": "x", "processes": 4})
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\n")
+    sharded = tiny_params(tiny_model_dir, train={"num_processes": 2, "accelerate_config": str(config)})
+    with pytest.raises(StageError, match=r"written by 4 processes .* set train.num_processes=4, or delete"):
+        train._check_resume(ckpt, sharded, 2)
+    train._check_resume(ckpt, sharded, 4)  # the same count resumes
+    train._check_resume(ckpt, tiny_params(tiny_model_dir, train={"num_processes": 2}), 2)  # DDP: any count
+
+
 def test_kill_9_during_training_resumes_from_the_last_checkpoint(data_ready, tiny_model_dir):
     import os
     import signal
@@ -147,3 +193,31 @@ def test_kill_9_during_training_resumes_from_the_last_checkpoint(data_ready, tin
     assert m["resumed_from"] and int(m["resumed_from"].rsplit("-", 1)[1]) >= 2
     assert m["steps"] == 20  # the whole schedule, finished after the resume
     assert (Path("models/trained") / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("threshold_kb, most_mb", [(None, None), (1024, 40)])
+def test_train_mmap_threshold_gives_freed_blocks_back_to_the_os(threshold_kb, most_mb):
+    """2 MiB blocks, like a step's activations, freed between small live objects: glibc's heaps keep them
+    (its threshold has grown past 2 MiB); with train.mmap_threshold_kb they go back to the OS."""
+    import subprocess
+
+    probe = f"""
+from gymtrl.stages.train import release_freed_memory
+def rss_mb():
+    return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+print(release_freed_memory({threshold_kb}))
+warm = bytearray(4 << 20); del warm
+before, blocks, pins = rss_mb(), [], []
+for i in range(150):
+    blocks.append(bytearray(b"x" * (2 << 20))); pins.append(bytearray(64 << 10))
+del blocks
+print(round(rss_mb() - before))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    applied, kept_mb = done.stdout.split()
+    assert applied == str(threshold_kb is not None)
+    if most_mb is None:
+        assert int(kept_mb) > 200  # the waste the setting removes: 300 MB freed and still resident
+    else:
+        assert int(kept_mb) < most_mb

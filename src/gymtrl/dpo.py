@@ -12,6 +12,8 @@ own tokenization is skipped, and the mask columns are kept as model inputs of th
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,13 @@ class AssistantOnlyPreferenceCollator(DataCollatorForPreference):
         return out
 
 
+@contextmanager
+def _trl_deprecation_hidden():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 class AssistantOnlyDPOTrainer(DPOTrainer):
     """DPOTrainer for datasets tokenized with assistant masks (prompt_ids, chosen_ids, rejected_ids,
     chosen_mask, rejected_mask); other datasets go through TRL's own preparation."""
@@ -47,6 +56,16 @@ class AssistantOnlyDPOTrainer(DPOTrainer):
             # as TRL does: a prompt that fills max_length leaves nothing to score
             dataset = dataset.filter(lambda e: len(e["prompt_ids"]) < args.max_length)
         return dataset
+
+    # TRL 1.16 reads transformers' deprecated `model.is_gradient_checkpointing` when it precomputes the reference
+    # log-probs (at construction, or when training starts): TRL's to change, nothing a user can set, not shown.
+    def __init__(self, *args, **kwargs):
+        with _trl_deprecation_hidden():
+            super().__init__(*args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        with _trl_deprecation_hidden():
+            return super().train(*args, **kwargs)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

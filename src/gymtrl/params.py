@@ -106,6 +106,12 @@ class TrainParams(_Section):
     # Passed straight to trl.SFTConfig / trl.DPOConfig; a key they do not know is an error.
     sft: dict[str, Any]
     dpo: dict[str, Any]
+    # > 1: the stage relaunches itself under `accelerate launch` (DDP; or what accelerate_config says)
+    num_processes: int = Field(ge=1)
+    accelerate_config: Optional[str]  # an accelerate config file (FSDP, DeepSpeed), or null
+    # glibc: blocks of at least this many KiB are mmapped, so freed activations go back to the OS (null: glibc's
+    # default, whose heaps keep freed blocks of up to 32 MiB). Changes memory, not results.
+    mmap_threshold_kb: Optional[int] = Field(ge=1)
 
 
 class GymParams(_Section):
@@ -116,7 +122,6 @@ class GymParams(_Section):
     config: str  # embedded (the calculator resources server) or a Gym config file (resources server + agent)
     agent: str  # the agent of that config that plays the tasks
     collect: str  # the collection command: ng_collect_rollouts (Gym 0.4.0) or "gym eval run --no-serve"
-    engine: Literal["auto", "transformers", "vllm"]  # auto: vllm with CUDA and vLLM, else transformers serve
     tool_call_parser: str  # vllm serve's --tool-call-parser
     parallel: int = Field(ge=1)  # rollouts in flight at once
     start_timeout: float = Field(gt=0)  # seconds for the model server and Gym's servers to come up
@@ -125,6 +130,9 @@ class GymParams(_Section):
 class EvalParams(_Section):
     success_threshold: float
     backend: Literal["builtin", "gym"]
+    # Who generates, in evaluate and collect: hf (transformers generate; `transformers serve` for the gym backend)
+    # or vllm (offline vllm.LLM; `vllm serve` for the gym backend); auto = vllm with CUDA and vLLM, else hf.
+    engine: Literal["auto", "hf", "vllm"]
     tasks: str
     # Also scored as "reference" in metrics/eval.json (how good the training rollouts themselves were).
     reference_rollouts: Optional[str]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .io import log, write_jsonl
 from .params import Params
+from .progress import Progress
 from .rollouts import Rejected, iter_lines, parse_line
 from .stats import reward_metrics
 
@@ -66,20 +67,38 @@ def play(model_dir: str, tasks: list[dict], sampling: Sampling, params: Params, 
 
 def builtin_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Params, name: str) -> list[dict]:
     """The model plays the embedded environment's tasks in this process (env/model_agent.py)."""
-    from .env.model_agent import GenerationSettings, play as play_tasks
-    from .models import load_model, load_tokenizer
+    from .engines import EngineError, GenerationSettings, HFEngine, VLLMEngine, pick_engine
+    from .env.model_agent import play as play_tasks
+    from .models import load_model, load_tokenizer, stop_token_ids
     from .templates import probe_format
 
+    try:
+        engine_name = pick_engine(params.eval.engine)
+    except EngineError as err:
+        raise PlayError(str(err)) from None
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
-    model = load_model(model_dir, params.model.trust_remote_code)
     fmt = probe_format(tokenizer, params.convert.arguments, params.convert.reasoning)
     settings = GenerationSettings(max_turns=s.max_turns, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                                   temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+    stop_ids = stop_token_ids(tokenizer)  # every token that ends a turn in this template, eos first
+    if engine_name == "vllm":
+        engine = VLLMEngine.load(model_dir, tokenizer, settings, stop_ids, params.model.trust_remote_code)
+    else:
+        engine = HFEngine(load_model(model_dir, params.model.trust_remote_code), tokenizer, settings, stop_ids)
     started = time.perf_counter()
-    records = play_tasks(model, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name)
+    with Progress(name, len(tasks) * s.num_repeats, "episodes") as progress:
+        def on_batch(done: int, new_tokens: int) -> None:
+            rate = new_tokens / max(time.perf_counter() - started, 1e-9)
+            progress.update(done, **{"tokens/s": f"{rate:.0f}"})
+
+        records = play_tasks(engine, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name,
+                             on_batch=on_batch)
+    if isinstance(engine, VLLMEngine):
+        engine.close()
     seconds = time.perf_counter() - started
     tokens = sum(r["new_tokens"] for r in records)
-    log(f"{name}: {len(records)} episodes, {tokens} new tokens in {seconds:.1f}s ({tokens / seconds:.0f} tokens/s)")
+    log(f"{name}: {len(records)} episodes ({engine_name}), {tokens} new tokens in {seconds:.1f}s "
+        f"({tokens / seconds:.0f} tokens/s)")
     return records
 
 
@@ -92,7 +111,8 @@ def gym_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Params,
     from .nemo_gym import (GymError, collect_command, ensure_venv, gym_env, prepare_workspace, start_command,
                            wait_ready)
     from .processes import Supervisor, log_tail
-    from .serving import free_port, pick_engine, serve_command, served_copy, wait_healthy
+    from .engines import EngineError, pick_engine
+    from .serving import free_port, serve_command, served_copy, wait_healthy
 
     g, paths = params.eval.gym, params.paths
     started = time.perf_counter()
@@ -105,9 +125,10 @@ def gym_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Params,
         write_jsonl(raw / "tasks.jsonl", tasks)
         model = served_copy(model_dir, ws.root / "served" / name, params.model.trust_remote_code)
         env = gym_env(ws, venv)
+        engine = pick_engine(params.eval.engine)
         with Supervisor() as services:
             port = free_port()
-            server = services.start(serve_command(pick_engine(g.engine), model, port, g.tool_call_parser,
+            server = services.start(serve_command(engine, model, port, g.tool_call_parser,
                                                   params.model.trust_remote_code), logs / "model_server.log")
             wait_healthy(f"http://127.0.0.1:{port}", server, logs / "model_server.log", g.start_timeout)
             gym = services.start(start_command(ws, venv, str(model), f"http://127.0.0.1:{port}/v1", g.agent,
@@ -121,7 +142,7 @@ def gym_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Params,
                 done = subprocess.run(cmd, cwd=ws.root, env=services.env(env), stdout=out, stderr=subprocess.STDOUT)
             if done.returncode != 0 or not (raw / "rollouts.jsonl").exists():
                 raise GymError(f"`{cmd[0]}` exited with {done.returncode}:\n{log_tail(logs / 'collect.log')}")
-    except (GymError, RuntimeError) as err:
+    except (GymError, EngineError, RuntimeError) as err:
         raise PlayError(f"{name}: {err}") from None
     records = [orjson.loads(line) for line in (raw / "rollouts.jsonl").read_bytes().splitlines() if line.strip()]
     records.sort(key=lambda r: (r.get("_ng_task_index", 0), r.get("_ng_rollout_index", 0)))

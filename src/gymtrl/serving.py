@@ -1,6 +1,7 @@
 """A model directory served as an OpenAI-compatible chat completions server, for NeMo Gym to call.
 
-- CUDA and vLLM installed: `vllm serve` with `--enable-auto-tool-choice --tool-call-parser <parser>`.
+- `eval.engine` = vllm (auto: CUDA and vLLM installed): `vllm serve` with `--enable-auto-tool-choice
+  --tool-call-parser <parser>`.
 - Otherwise `transformers serve` on the CPU. It turns generated text into OpenAI `tool_calls` only by a
   `response_template` in the tokenizer config (or for model types it knows, such as Qwen): without one
   every tool call comes back as plain text and the environment never sees it. When the model's chat
@@ -13,7 +14,6 @@ neither the model (a DVC output) nor its cache is touched.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
@@ -33,15 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pick_engine(setting: str) -> str:
-    """`eval.gym.engine`: auto = vllm when CUDA and vLLM are there, else transformers."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
 
 
 def writes_hermes_calls(tokenizer) -> bool:

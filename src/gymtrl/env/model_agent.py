@@ -1,21 +1,21 @@
-"""A Hugging Face causal LM playing the calculator environment, writing Gym rollouts.
+"""A causal LM playing the calculator environment, writing Gym rollouts.
 
 One round of `play` = `render` a prompt for every unfinished episode with the model's chat template
-(the same render as training, so the prompt is the training text's prefix), `generate` a turn for
-each in batches, and `step` each episode with its turn: parse tool calls, run them, feed the results
-back, or finish. Rounds repeat until every episode answered or ran out of turns.
+(the same render as training, so the prompt is the training text's prefix), have an engine
+(engines.py: Hugging Face `generate` or vLLM) generate a turn for each, and `step` each episode with its
+turn: parse tool calls, run them, feed the results back, or finish. Rounds repeat until every episode answered or ran out of turns.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable
 
 import orjson
 
 from ..chat import ChatFormat, convert_tools, format_messages, prompt_messages
-from ..models import stop_token_ids
+from ..engines import Engine, Generated, GenerationSettings
 from ..templates import render
 from .calculator import run_tool
 from .records import call_item, gym_record, output_item, reasoning_item, text_item
@@ -60,16 +60,6 @@ def parse_turn(text: str) -> ParsedTurn:
     return ParsedTurn(content, reasoning, calls)
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_turns: int
-    max_new_tokens: int
-    batch_size: int
-    temperature: float  # 0 = greedy
-    top_p: float
-    seed: int
-
-
 @dataclass
 class Episode:
     task: dict
@@ -82,40 +72,8 @@ class Episode:
     new_tokens: int = 0
 
 
-class Generated(NamedTuple):
-    text: str  # the turn, special tokens kept, the end-of-turn token cut
-    new_tokens: int  # including the end-of-turn token
-    finished: bool  # ended with an end-of-turn token (not at max_new_tokens)
-
-
 def render_prompts(tokenizer, episodes: list[Episode], tools: list[dict], fmt: ChatFormat) -> list[str]:
     return [render(tokenizer, ep.messages, tools, fmt, add_generation_prompt=True) for ep in episodes]
-
-
-def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings, stop_ids: list[int],
-             seed: int) -> list[Generated]:
-    """One batch of turns; generation stops on every token that ends a turn in the template."""
-    import torch
-
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    sampling = settings.temperature > 0
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
-            temperature=settings.temperature if sampling else None,
-            top_p=settings.top_p if sampling else None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
-        )
-    stops = set(stop_ids)
-    turns = []
-    for ids in out[:, enc["input_ids"].shape[1]:].tolist():
-        finished = any(t in stops for t in ids)
-        if finished:
-            ids = ids[: next(j for j, t in enumerate(ids) if t in stops)]
-        # Keep special tokens: some models' <tool_call> is one, and the end-of-turn token was cut above.
-        turns.append(Generated(tokenizer.decode(ids, skip_special_tokens=False), len(ids) + int(finished), finished))
-    return turns
 
 
 def step(ep: Episode, turn: Generated, settings: GenerationSettings, fmt: ChatFormat) -> None:
@@ -151,29 +109,30 @@ def step(ep: Episode, turn: Generated, settings: GenerationSettings, fmt: ChatFo
         ep.done, ep.stop_reason = True, "max_turns"
 
 
-def play(model, tokenizer, tasks: list[dict], settings: GenerationSettings, fmt: ChatFormat,
-         num_repeats: int = 1, model_name: str = "model") -> list[dict]:
-    """Plays every task `num_repeats` times; all unfinished episodes advance together, in batches."""
+def play(engine: Engine, tokenizer, tasks: list[dict], settings: GenerationSettings, fmt: ChatFormat,
+         num_repeats: int = 1, model_name: str = "model",
+         on_batch: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Plays every task `num_repeats` times; all unfinished episodes advance together, `engine.batch_size`
+    prompts per call. `on_batch(episodes_done, new_tokens)` is called after each call (progress)."""
     episodes = []
     for task in tasks:
         messages = format_messages(prompt_messages(task["responses_create_params"]), fmt)
         for k in range(num_repeats):
             episodes.append(Episode(task, k, [dict(m) for m in messages]))
     tools, _ = convert_tools(tasks[0]["responses_create_params"].get("tools")) if tasks else ([], 0)
-    tokenizer.padding_side = "left"
-    stop_ids = stop_token_ids(tokenizer)  # every token that ends a turn in this template, eos first
     seed = settings.seed
-    model.eval()
     while active := [ep for ep in episodes if not ep.done]:
         prompts = render_prompts(tokenizer, active, tools, fmt)
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(active)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), settings.batch_size):
-            chunk = order[start:start + settings.batch_size]
-            turns = generate(model, tokenizer, [prompts[i] for i in chunk], settings, stop_ids, seed)
+        for start in range(0, len(order), engine.batch_size):
+            chunk = order[start:start + engine.batch_size]
+            turns = engine([prompts[i] for i in chunk], seed)
             seed += 1
             for i, turn in zip(chunk, turns):
                 step(active[i], turn, settings, fmt)
+            if on_batch is not None:
+                on_batch(sum(ep.done for ep in episodes), sum(ep.new_tokens for ep in episodes))
     return [
         gym_record(ep.task, ep.output, ep.rollout_index, model_name,
                    {"stop_reason": ep.stop_reason, "turns_used": ep.turns, "new_tokens": ep.new_tokens})

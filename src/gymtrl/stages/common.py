@@ -18,6 +18,7 @@ import orjson
 
 from ..io import dumps, log  # noqa: F401  (log: what stages print, re-exported)
 from ..params import Params, ParamsError, load_params
+from ..progress import quiet_library_bars
 
 if TYPE_CHECKING:  # types only: a stage that reports no lines does not import the reader
     from ..rollouts import Rejected, Sources
@@ -36,6 +37,7 @@ def main(name: str, run: Callable[[Params], dict], argv: list[str] | None = None
     parser = argparse.ArgumentParser(prog=f"gymtrl {name}")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
+    quiet_library_bars()
     try:
         params = load_params(args.params)
         started = time.perf_counter()

@@ -70,6 +70,11 @@ def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str)
             "dataloader_num_workers": 0, "disable_tqdm": True, **precision(device)}
     if kind == "dpo":
         ours["precompute_ref_log_probs"] = True  # no second full model in memory
+    if not {"activation_checkpointing", "gradient_checkpointing"} & set(user):
+        # TRL's default sits on the deprecated name (gradient_checkpointing), and transformers warns for every
+        # config that does not set the new one: TRL's default under the new name, without the warning.
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        ours["activation_checkpointing"] = fields["gradient_checkpointing"].default
     try:
         return cls(**{**ours, **user})
     except (TypeError, ValueError) as err:
@@ -90,7 +95,8 @@ def run_fingerprint(params: Params, data_files: list[Path], model_dir: Path) -> 
     discarded instead of resumed."""
     h = hashlib.sha256()
     h.update(code_digest())
-    h.update(dumps(params.train.model_dump()))
+    # how many processes run is not what is trained: a checkpoint resumes under another count (_check_resume)
+    h.update(dumps(params.train.model_dump(exclude={"num_processes", "accelerate_config", "mmap_threshold_kb"})))
     h.update(dumps(params.model.model_dump()))
     for f in [*data_files, *sorted(model_dir.glob("*"))]:
         if f.is_file():
@@ -222,6 +228,34 @@ def _live_callback(live_dir: Path, phase: str):
     return DVCLiveCallback(live=Live(dir=str(live_dir / phase), save_dvc_exp=False, dvcyaml=None))
 
 
+def _progress_callback(kind: str):
+    """Step, loss and ETA of training (progress.py): a bar at a terminal, a line every 10 s when piped. It
+    replaces the Trainer's own output, which without tqdm is a raw dict per logging step."""
+    from transformers import TrainerCallback
+
+    from ..progress import Progress
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self):
+            self.bar, self.loss = None, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = Progress(f"train {kind}", state.max_steps, "steps")
+            self.bar.update(state.global_step)  # a resumed run starts where it stopped
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = logs["loss"]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step, **({"loss": f"{self.loss:.4f}"} if self.loss is not None else {}))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return ProgressCallback()
+
+
 def _train_phase(kind: str, params: Params, model, tokenizer, fmt, data: Path, ckpt_dir: Path, live_dir: Path,
                  device: str) -> tuple[object, dict]:
     from trl import SFTTrainer
@@ -243,8 +277,14 @@ def _train_phase(kind: str, params: Params, model, tokenizer, fmt, data: Path, c
 
             ds, lengths = dpo_dataset(tokenizer, ds, fmt, config.max_length)
             trainer_cls, extra = AssistantOnlyDPOTrainer, {"data_collator": collator(tokenizer, config)}
+    from transformers.trainer_callback import PrinterCallback
+
+    callbacks = [_progress_callback(kind)]
+    if int(os.environ.get("RANK", "0")) == 0:  # one live log, written by the main process
+        callbacks.append(_live_callback(live_dir, kind))
     trainer = trainer_cls(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[_live_callback(live_dir, kind)], **extra)
+                          peft_config=peft_config, callbacks=callbacks, **extra)
+    trainer.remove_callback(PrinterCallback)  # the raw log dicts; the progress callback shows step and loss
     last = _last_checkpoint(ckpt_dir / kind)
     if last:
         log(f"train: resuming {kind} from {last}")
@@ -289,7 +329,95 @@ def model_card(params: Params, base_info: dict, fingerprint: str, metrics: dict)
     )
 
 
+def world_size() -> int:
+    """Processes of this training: set by `accelerate launch` / torchrun, 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launch_command(params: Params, params_file: Path) -> list[str]:
+    """`accelerate launch` of this stage with `train.num_processes` processes: plain DDP (gloo on CPU, NCCL on
+    GPUs), or what `train.accelerate_config` says (FSDP, DeepSpeed); train.num_processes wins over the file's."""
+    t = params.train
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(t.num_processes),
+           "--num_machines", "1"]
+    if t.accelerate_config:
+        cmd += ["--config_file", t.accelerate_config]
+    else:  # accelerate's defaults without a config file would ask for one; these are its answers for DDP
+        cmd += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*cmd, "-m", "gymtrl.stages.train", "--params", str(params_file)]
+
+
+def launch(params: Params) -> dict:
+    """Runs this stage again under `accelerate launch`, from inside `dvc repro` / `dvc exp run`, so a
+    multi-process run is versioned like any other. The processes read the params validated here (a copy:
+    params.yaml may name another file's values under `dvc exp run -S`), and the main one writes the outs."""
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    if params.train.accelerate_config and not Path(params.train.accelerate_config).is_file():
+        raise ParamsError(f"params.yaml: train.accelerate_config: {params.train.accelerate_config} is not a file")
+    with tempfile.TemporaryDirectory(prefix="gymtrl-train-") as tmp:
+        params_file = Path(tmp) / "params.yaml"
+        params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        cmd = launch_command(params, params_file)
+        log(f"train: {params.train.num_processes} processes: {' '.join(cmd)}")
+        done = subprocess.run(cmd)
+    if done.returncode != 0:
+        raise StageError(f"train: `accelerate launch` exited with {done.returncode} (its processes' errors are above)")
+    return read_json(Path(params.paths.metrics) / METRICS)
+
+
 def run(params: Params) -> dict:
+    """The stage: trains in this process, or launches `train.num_processes` of them (launch)."""
+    wants_launcher = params.train.num_processes > 1 or params.train.accelerate_config
+    if wants_launcher and "WORLD_SIZE" not in os.environ:
+        return launch(params)
+    return train(params)
+
+
+def _check_resume(ckpt_dir: Path, params: Params, processes: int) -> None:
+    """A plain DDP checkpoint (full model and optimizer state) resumes under any process count; a sharded one
+    (FSDP, DeepSpeed: an accelerate config) only under the count that wrote it."""
+    stamp = ckpt_dir / "fingerprint.json"
+    written_by = read_json(stamp).get("processes", 1) if stamp.exists() else processes
+    if params.train.accelerate_config and written_by != processes and _last_any(ckpt_dir):
+        raise StageError(f"train: the checkpoints in {ckpt_dir} were written by {written_by} processes under "
+                         f"train.accelerate_config={params.train.accelerate_config}; sharded checkpoints resume "
+                         f"only under the same count: set train.num_processes={written_by}, or delete {ckpt_dir} "
+                         f"to start over")
+    if written_by != processes and _last_any(ckpt_dir):
+        log(f"train: resuming checkpoints of {written_by} processes with {processes}: the global batch changes "
+            f"with the process count, so the rest of the run sees the data in another order")
+
+
+def _last_any(ckpt_dir: Path) -> bool:
+    return any(_last_checkpoint(d) for d in ckpt_dir.iterdir() if d.is_dir()) if ckpt_dir.is_dir() else False
+
+
+def release_freed_memory(threshold_kb: int | None) -> bool:
+    """glibc's mallopt(M_MMAP_THRESHOLD): blocks from `threshold_kb` KiB up are mmapped and unmapped when freed.
+    glibc's default threshold grows to 32 MiB, and its heaps keep what is freed below it, so a training step's
+    activations stay resident after the step: the stage's peak RSS was the sum of what several steps left
+    behind (benchmarks/RESULTS.md, "Train memory"). False where there is no glibc (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    if threshold_kb is None:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold_kb * 1024))
+
+
+def train(params: Params) -> dict:
+    import resource
+
     import torch
 
     from ..models import chat_format, load_model, load_tokenizer, pick_device, stop_token_ids
@@ -311,18 +439,24 @@ def run(params: Params) -> dict:
     stale = ckpt_dir.exists() and (not stamp.exists() or read_json(stamp).get("fingerprint") != fingerprint)
     if main_process and stale:
         shutil.rmtree(ckpt_dir)  # checkpoints of another configuration must not be resumed
+    _check_resume(ckpt_dir, params, world_size())
     if main_process:
-        write_json(stamp, {"fingerprint": fingerprint})
+        write_json(stamp, {"fingerprint": fingerprint, "processes": world_size()})
 
+    if not release_freed_memory(params.train.mmap_threshold_kb) and params.train.mmap_threshold_kb:
+        log("train: train.mmap_threshold_kb has no effect here (no glibc mallopt)")
     torch.manual_seed(params.train.seed)
     tokenizer = load_tokenizer(model_dir, params.model.trust_remote_code)
     fmt = chat_format(model_dir, params.convert.arguments, params.convert.reasoning, params.model.trust_remote_code)
     model = load_model(model_dir, params.model.trust_remote_code, device="cpu")
-    metrics: dict = {"method": method, "device": device, "fingerprint": fingerprint, **precision(device)}
+    metrics: dict = {"method": method, "device": device, "processes": world_size(), "fingerprint": fingerprint,
+                     **precision(device)}
     for kind in phases:
-        log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']})")
+        log(f"train: {kind} on {data[kind]} ({device}, bf16={metrics['bf16']}, {world_size()} process(es))")
         model, m = _train_phase(kind, params, model, tokenizer, fmt, data[kind], ckpt_dir, live_dir, device)
         metrics[kind] = m
+    # The main process's peak resident memory (Linux reports KiB): what a machine must have for this run.
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if not main_process:
         return metrics
     base_info = read_json(Path(model_dir) / "base_info.json") if (Path(model_dir) / "base_info.json").exists() else {}
