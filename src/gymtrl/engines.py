@@ -82,6 +82,7 @@ class HFEngine:
 
     def __post_init__(self) -> None:
         self.model.eval()
+        self.tokenizer.padding_side = "left"  # generation continues each prompt from its last token
 
     @property
     def batch_size(self) -> int:
@@ -91,7 +92,6 @@ class HFEngine:
         import torch
 
         tok, s = self.tokenizer, self.settings
-        tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         sampling = s.temperature > 0
         torch.manual_seed(seed)

@@ -3,7 +3,8 @@
 One round of `play` = `render` a prompt for every unfinished episode with the model's chat template
 (the same render as training, so the prompt is the training text's prefix), have an engine
 (engines.py: Hugging Face `generate` or vLLM) generate a turn for each, and `step` each episode with its
-turn: parse tool calls, run them, feed the results back, or finish. Rounds repeat until every episode answered or ran out of turns.
+turn: parse tool calls, run them, feed the results back, or finish. Rounds repeat until every episode
+answered or ran out of turns.
 """
 
 from __future__ import annotations

@@ -398,9 +398,9 @@ def _last_any(ckpt_dir: Path) -> bool:
 
 def release_freed_memory(threshold_kb: int | None) -> bool:
     """glibc's mallopt(M_MMAP_THRESHOLD): blocks from `threshold_kb` KiB up are mmapped and unmapped when freed.
-    glibc's default threshold grows to 32 MiB, and its heaps keep what is freed below it, so a training step's
-    activations stay resident after the step: the stage's peak RSS was the sum of what several steps left
-    behind (benchmarks/RESULTS.md, "Train memory"). False where there is no glibc (macOS, musl)."""
+    glibc's default threshold grows to 32 MiB, and its heaps keep blocks freed below it resident, so freed
+    activations add to the stage's peak RSS (a few hundred MB in benchmarks/RESULTS.md, "Train memory").
+    False where there is no glibc (macOS, musl)."""
     import ctypes
     import ctypes.util
 
