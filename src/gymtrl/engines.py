@@ -70,6 +70,9 @@ class Engine(Protocol):
 
     def __call__(self, prompts: list[str], seed: int) -> list[Generated]: ...
 
+    def close(self) -> None:
+        """Release what the engine holds outside Python's reach (GPU memory), also after a failure."""
+
 
 @dataclass
 class HFEngine:
@@ -104,6 +107,9 @@ class HFEngine:
             )
         stops = set(self.stop_ids)
         return [cut_turn(tok, ids, stops) for ids in out[:, enc["input_ids"].shape[1]:].tolist()]
+
+    def close(self) -> None:
+        pass  # the model is an ordinary tensor graph: freed with the last reference
 
 
 @dataclass

@@ -86,14 +86,15 @@ def builtin_rollouts(model_dir: str, tasks: list[dict], s: Sampling, params: Par
     else:
         engine = HFEngine(load_model(model_dir, params.model.trust_remote_code), tokenizer, settings, stop_ids)
     started = time.perf_counter()
-    with Progress(name, len(tasks) * s.num_repeats, "episodes") as progress:
-        def on_batch(done: int, new_tokens: int) -> None:
-            rate = new_tokens / max(time.perf_counter() - started, 1e-9)
-            progress.update(done, **{"tokens/s": f"{rate:.0f}"})
+    try:
+        with Progress(name, len(tasks) * s.num_repeats, "episodes") as progress:
+            def on_batch(done: int, new_tokens: int) -> None:
+                rate = new_tokens / max(time.perf_counter() - started, 1e-9)
+                progress.update(done, **{"tokens/s": f"{rate:.0f}"})
 
-        records = play_tasks(engine, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name,
-                             on_batch=on_batch)
-    if isinstance(engine, VLLMEngine):
+            records = play_tasks(engine, tokenizer, tasks, settings, fmt, num_repeats=s.num_repeats, model_name=name,
+                                 on_batch=on_batch)
+    finally:  # evaluate loads the trained model next: a failed vLLM engine must not keep the GPU
         engine.close()
     seconds = time.perf_counter() - started
     tokens = sum(r["new_tokens"] for r in records)
