@@ -48,6 +48,14 @@ VARIANTS = {
                                                  "env": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}},
     "micro-batch 1 x 8 + mmap threshold 4 MiB": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
                                                  "env": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}},
+    # torch's fused CPU AdamW: one kernel per parameter group instead of a chain of ops with temporaries
+    "micro-batch 1 x 8 + fused AdamW": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                        "optim": "adamw_torch_fused"},
+    "micro-batch 1 x 8 + fused AdamW + mmap threshold": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                                         "optim": "adamw_torch_fused", "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
+    # one heap arena for all threads (glibc makes up to 8 per core, each keeping its own freed memory)
+    "micro-batch 1 x 8 + one malloc arena": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+                                             "env": {"MALLOC_ARENA_MAX": "1"}},
 }
 
 
