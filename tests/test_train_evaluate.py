@@ -128,7 +128,7 @@ def test_train_starts_under_accelerate_launch(data_ready, tiny_model_dir):
     assert (Path("models/accel") / "model.safetensors").exists()
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(data_ready, tiny_model_dir):
+def test_two_processes_train_like_one_with_the_same_global_batch(data_ready, tiny_model_dir, capfd):
     """train.num_processes=2: the stage relaunches itself under `accelerate launch` (DDP over gloo on CPU).
     Two processes of batch 2 see what one process of batch 4 sees, so with the same seed the loss curves
     match (token-weighted loss averaged across processes), and the main process writes the model."""
@@ -149,6 +149,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_ready, tin
 
     assert len(curve("live_one")) == 4
     assert curve("live_two") == pytest.approx(curve("live_one"), rel=1e-3)
+    # DDP does not search for unused parameters (an extra graph traversal per step, and a warning per rank)
+    assert "find_unused_parameters=True" not in capfd.readouterr().err
 
 
 def test_sharded_checkpoints_resume_only_under_the_process_count_that_wrote_them(tmp_path, tiny_model_dir):

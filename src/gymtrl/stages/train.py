@@ -67,7 +67,11 @@ def build_config(kind: str, user: dict, output_dir: str, seed: int, device: str)
         raise ParamsError(f"params.yaml: train.{kind}.{unknown[0]} is not a {cls.__name__} field "
                           f"(unknown keys: {unknown}); see the TRL docs for {cls.__name__}")
     ours = {"output_dir": output_dir, "seed": seed, "report_to": "none", "save_strategy": "steps",
-            "dataloader_num_workers": 0, "disable_tqdm": True, **precision(device)}
+            "dataloader_num_workers": 0, "disable_tqdm": True, **precision(device),
+            # Under DDP transformers searches the graph for unused parameters whenever activation checkpointing
+            # is off: an extra autograd traversal per step and a warning per rank. Every parameter that trains
+            # here (the whole model, or the LoRA adapters) is used in the forward pass. train.<kind> overrides.
+            "ddp_find_unused_parameters": False}
     if kind == "dpo":
         ours["precompute_ref_log_probs"] = True  # no second full model in memory
     if not {"activation_checkpointing", "gradient_checkpointing"} & set(user):
