@@ -103,7 +103,8 @@ def test_tool_and_environment_tokens_get_no_gradient(embedded_tokenizer, tiny_mo
                              "chosen_mask": s.chosen_mask, "rejected_mask": s.rejected_mask}])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     config = DPOConfig(output_dir=str(tmp_path), report_to="none", precompute_ref_log_probs=True,
-                       per_device_train_batch_size=1, use_cpu=True, max_length=512)
+                       per_device_train_batch_size=1, use_cpu=True, max_length=512,
+                       activation_checkpointing=False)  # the current name: no FutureWarning
     trainer = AssistantOnlyDPOTrainer(model=model, args=config, train_dataset=ds, processing_class=tok,
                                       data_collator=collator(tok, config))
     batch = next(iter(trainer.get_train_dataloader()))
