@@ -28,33 +28,34 @@ from gymtrl.params import deep_merge, parse_params, read_params_file  # noqa: E4
 PARAMS = read_params_file(ROOT / "params.yaml")
 SFT = PARAMS["train"]["sft"]
 GLOBAL_BATCH = SFT["per_device_train_batch_size"] * SFT["gradient_accumulation_steps"]
+ONE_BY_ALL = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH}  # micro-batch 1
 # name -> train.sft overrides; every variant keeps the global batch (same optimizer steps, same loss scale)
 VARIANTS = {
     f"params.yaml (micro-batch {SFT['per_device_train_batch_size']})": {},
     "micro-batch 4 x 2 accumulation": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": GLOBAL_BATCH // 4},
     "micro-batch 2 x 4 accumulation": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": GLOBAL_BATCH // 2},
-    "micro-batch 1 x 8 accumulation": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH},
+    "micro-batch 1 x 8 accumulation": ONE_BY_ALL,
     "activation checkpointing": {"activation_checkpointing": True},
     # glibc serves allocations under its (growing, up to 32 MiB) mmap threshold from heap arenas, which keep
     # freed memory; a fixed threshold returns every large tensor to the OS when freed
     "glibc mmap threshold 128 KiB": {"env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
     "micro-batch 2 x 4 + mmap threshold": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": GLOBAL_BATCH // 2,
                                            "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
-    "micro-batch 1 x 8 + activation checkpointing": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + activation checkpointing": {**ONE_BY_ALL,
                                                      "activation_checkpointing": True},
-    "micro-batch 1 x 8 + mmap threshold": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + mmap threshold": {**ONE_BY_ALL,
                                            "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
-    "micro-batch 1 x 8 + mmap threshold 1 MiB": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + mmap threshold 1 MiB": {**ONE_BY_ALL,
                                                  "env": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}},
-    "micro-batch 1 x 8 + mmap threshold 4 MiB": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + mmap threshold 4 MiB": {**ONE_BY_ALL,
                                                  "env": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}},
     # torch's fused CPU AdamW: one kernel per parameter group instead of a chain of ops with temporaries
-    "micro-batch 1 x 8 + fused AdamW": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + fused AdamW": {**ONE_BY_ALL,
                                         "optim": "adamw_torch_fused"},
-    "micro-batch 1 x 8 + fused AdamW + mmap threshold": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + fused AdamW + mmap threshold": {**ONE_BY_ALL,
                                                          "optim": "adamw_torch_fused", "env": {"MALLOC_MMAP_THRESHOLD_": "131072"}},
     # one heap arena for all threads (glibc makes up to 8 per core, each keeping its own freed memory)
-    "micro-batch 1 x 8 + one malloc arena": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": GLOBAL_BATCH,
+    "micro-batch 1 x 8 + one malloc arena": {**ONE_BY_ALL,
                                              "env": {"MALLOC_ARENA_MAX": "1"}},
 }
 
