@@ -29,6 +29,19 @@ def test_piped_progress_prints_a_line_every_interval_and_a_final_one(monkeypatch
     assert "\r" not in out.getvalue()
 
 
+def test_no_eta_is_guessed_from_the_first_few_units(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    out, clock = io.StringIO(), Clock()
+    with Progress("collect", 480, "episodes", stream=out, every=10, clock=clock) as bar:
+        clock.now = 180
+        bar.update(2)  # two 1-turn episodes of the first batch: no basis for an ETA yet
+        clock.now = 400
+        bar.update(66)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "collect: 2/480 episodes (0%), elapsed 3:00, ETA ?"
+    assert lines[1] == "collect: 66/480 episodes (14%), elapsed 6:40, ETA 41:49"
+
+
 def test_only_the_main_process_reports(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     out, clock = io.StringIO(), Clock()

@@ -61,7 +61,9 @@ class Progress:
 
     def _line(self, now: float) -> None:
         elapsed = now - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else None
+        # Extrapolating from the first few units is wild: a batch of episodes can finish its 1-turn ones
+        # first (2 of 480 after 3 minutes read as an 11-hour ETA), so there is none before 5% is done.
+        eta = elapsed / self.done * (self.total - self.done) if self.done >= max(1, self.total / 20) else None
         pct = 100 * self.done / self.total if self.total else 100
         parts = [f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.0f}%)", f"elapsed {_eta(elapsed)}"]
         if self.done < self.total:
