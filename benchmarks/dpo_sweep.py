@@ -9,6 +9,12 @@ the evaluate stage does (play.py, eval.* settings, greedy), and gymtrl compare's
 it task by task with the SFT model. Pair sources:
   reference  data/pairs: the pair stage's pairs of the reference rollouts (data.rollouts)
   onpolicy   pairs the filter and pair stages build from data/collected alone: the SFT model's own samples
+  greedy     the same, plus one greedy (temperature 0) play of each training task by the SFT model: where
+             greedy decoding fails a task that a sample solves, the pair's rejected side is the model's
+             most likely answer, which is what the greedy held-out evaluation sees
+  fresh      the SFT model's own samples (collect's settings: k per task at collect.temperature) on 120 new
+             tasks of the same families, in neither the training nor the held-out split: tasks it was not
+             fine-tuned on, where its mistakes show (on its training tasks it is 99% right even greedily)
 Writes benchmarks/dpo_sweep.json (one row per run; reruns of a name replace it).
 
     python benchmarks/dpo_sweep.py --sources reference onpolicy --grid 5e-6:0.1:2 3e-5:0.1:2:1
@@ -35,14 +41,55 @@ WORK = ROOT / "benchmarks" / ".work" / "dpo_sweep"
 OUT = ROOT / "benchmarks" / "dpo_sweep.json"
 
 
-def onpolicy_pairs(strategy: str) -> tuple[Path, dict]:
-    """filter + pair over the SFT model's collected samples only (no reference rollouts)."""
+def greedy_rollouts() -> Path:
+    """The SFT model plays each training task once, greedily (collect's tasks, eval's sampling)."""
+    from gymtrl.io import read_jsonl, write_jsonl
+    from gymtrl.play import builtin_rollouts
+    from gymtrl.stages.evaluate import sampling
+
+    params = parse_params(PARAMS)
+    out = WORK / "greedy_train_rollouts.jsonl"
+    if not out.exists():
+        tasks = list(read_jsonl(ROOT / params.collect.tasks))[: params.collect.limit]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out, builtin_rollouts(str(ROOT / PATHS["trained_model"]), tasks, sampling(params), params, "greedy"))
+    return out
+
+
+def fresh_rollouts(n: int = 120) -> Path:
+    """The SFT model's samples on n tasks that are in neither split (same generator, another seed)."""
+    from gymtrl.env.tasks import make_split
+    from gymtrl.io import read_jsonl, write_jsonl
+    from gymtrl.play import builtin_rollouts
+    from gymtrl.stages.collect import sampling
+
+    params = parse_params(PARAMS)
+    out = WORK / "fresh_rollouts.jsonl"
+    if not out.exists():
+        demo = ROOT / PATHS["demo"]
+        known = {t["responses_create_params"]["input"][-1]["content"]
+                 for name in ("tasks_train.jsonl", "tasks_eval.jsonl") for t in read_jsonl(demo / name)}
+        tasks, _ = make_split(2 * n, 0, PARAMS["demo"]["seed"] + 1000)
+        tasks = [t for t in tasks if t["responses_create_params"]["input"][-1]["content"] not in known][:n]
+        for t in tasks:
+            t["_ng_task_index"] += 100_000  # task keys apart from the splits' (0 ...)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out, builtin_rollouts(str(ROOT / PATHS["trained_model"]), tasks, sampling(params), params, "fresh"))
+    return out
+
+
+def onpolicy_pairs(strategy: str, source: str) -> tuple[Path, dict]:
+    """filter + pair over the SFT model's own samples only (no reference rollouts)."""
     from gymtrl.stages import filter as filter_stage, pair
 
-    work = WORK / f"pairs-onpolicy-{strategy}"
+    work = WORK / f"pairs-{source}-{strategy}"
+    rollouts = {"onpolicy": [ROOT / PATHS["collected"] / "rollouts.jsonl"],
+                "greedy": [ROOT / PATHS["collected"] / "rollouts.jsonl", greedy_rollouts()],
+                "fresh": [fresh_rollouts()]}[source]
+    rollouts = [str(r) for r in rollouts]
     paths = {k: str(work / k) for k in ("filtered", "catalog", "holdout", "pairs", "metrics", "plots")}
     params = parse_params(deep_merge(PARAMS, {
-        "data": {"rollouts": str(ROOT / PATHS["collected"] / "rollouts.jsonl")},
+        "data": {"rollouts": rollouts},
         "paths": {**paths, "base_model": str(ROOT / PATHS["base_model"])},
         "iterate": {"round": 1}, "pair": {"strategy": strategy}}))
     filter_stage.run(params)
@@ -88,7 +135,7 @@ def versus_sft(path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", nargs="+", default=["reference", "onpolicy"], choices=["reference", "onpolicy"])
+    parser.add_argument("--sources", nargs="+", default=["reference", "onpolicy"], choices=["reference", "onpolicy", "greedy", "fresh"])
     parser.add_argument("--grid", nargs="+", default=["5e-6:0.1:2"],
                         help="learning_rate:beta:epochs[:nll_weight] (nll_weight > 0 adds TRL's sft loss term)")
     parser.add_argument("--onpolicy-strategy", default=PARAMS["pair"]["strategy"])
@@ -98,7 +145,7 @@ def main() -> None:
         if source == "reference":
             pairs_dir, pair_metrics = ROOT / PATHS["pairs"], json.loads((ROOT / PATHS["metrics"] / "pair.json").read_text())
         else:
-            pairs_dir, pair_metrics = onpolicy_pairs(args.onpolicy_strategy)
+            pairs_dir, pair_metrics = onpolicy_pairs(args.onpolicy_strategy, source)
         for entry in args.grid:
             lr, beta, epochs, nll = (float(x) for x in [*entry.split(":"), "0"][:4])
             strategy = pair_metrics["strategy"]
