@@ -7,7 +7,7 @@ import pytest
 from gymtrl.env.model_agent import parse_turn
 from gymtrl.env.reference_agent import reference_rollouts
 from gymtrl.env.calculator import CalculatorError, calculate, run_tool
-from gymtrl.env.tasks import FAMILIES, make_split, verify
+from gymtrl.env.tasks import FAMILIES, make_fresh, make_split, verify
 from gymtrl.rollouts import Line, Rollout, parse_line
 
 
@@ -44,6 +44,17 @@ def test_split_is_disjoint_deterministic_and_mixed():
     assert not q(train) & q(held_out) and len(q(train)) == 60 and len(q(held_out)) == 40
     assert make_split(60, 40, seed=3) == (train, held_out)
     assert {t["family"] for t in held_out} == set(FAMILIES)
+
+
+def test_fresh_tasks_are_new_questions_with_new_task_indexes():
+    train, held_out = make_split(60, 40, seed=3)
+    fresh = make_fresh(50, train + held_out, seed=3)
+    q = lambda ts: {t["responses_create_params"]["input"][-1]["content"] for t in ts}  # noqa: E731
+    assert len(q(fresh)) == 50 and not q(fresh) & (q(train) | q(held_out))
+    assert sorted(t["_ng_task_index"] for t in fresh) == list(range(100, 150))  # after both splits' 0..99
+    assert {t["family"] for t in fresh} == set(FAMILIES)
+    assert make_fresh(50, train + held_out, seed=3) == fresh
+    assert make_fresh(50, train + held_out, seed=4) != fresh
 
 
 def test_reference_rollouts_are_gym_rollouts_with_spread_rewards():

@@ -28,7 +28,7 @@ def gym_raw(tiny_model_dir, work: Path, **eval_over) -> dict:
     """The repository's params; both models are the tiny one; Gym's venv is the project's own (cached
     between tests and runs), its working folder per test."""
     return raw_params(
-        demo={"train_tasks": 6, "eval_tasks": 4, "num_repeats": 2, "seed": 3},
+        demo={"train_tasks": 6, "eval_tasks": 4, "collect_tasks": 6, "num_repeats": 2, "seed": 3},
         eval={**SMALL, **eval_over},
         paths={"base_model": str(tiny_model_dir), "trained_model": str(tiny_model_dir),
                "gym_venv": str(ROOT / ".gymtrl" / "gym-venv"), "gym_work": str(work / "gym")})

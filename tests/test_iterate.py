@@ -63,7 +63,7 @@ def test_holdout_settings_that_disagree_are_errors_naming_the_keys():
         parse_params(raw_params(eval={"holdout_fraction": 1.0, "tasks": "data/holdout/tasks.jsonl"}))
 
 
-def test_collect_samples_k_per_training_task_and_counts_pass_at_k(workdir, tiny_model_dir):
+def test_collect_samples_k_per_task_and_counts_pass_at_k(workdir, tiny_model_dir):
     p = make_params(collect={"num_repeats": 3, "limit": 4, "temperature": 1.0},
                     eval={"max_new_tokens": 16, "max_turns": 2},
                     paths={"trained_model": str(tiny_model_dir)}, iterate={"round": 1})
@@ -71,7 +71,7 @@ def test_collect_samples_k_per_training_task_and_counts_pass_at_k(workdir, tiny_
     m = collect.run(p)
     records = list(read_jsonl("data/collected/rollouts.jsonl"))
     assert len(records) == 12 and m["n"] == 12
-    first4 = [t["_ng_task_index"] for t in read_jsonl("data/demo/tasks_train.jsonl")][:4]
+    first4 = [t["_ng_task_index"] for t in read_jsonl("data/demo/tasks_collect.jsonl")][:4]
     assert Counter(r["_ng_task_index"] for r in records) == {i: 3 for i in first4}
     assert {r["_ng_rollout_index"] for r in records} == {0, 1, 2}
     assert {r["response"]["model"] for r in records} == {"round-1"}

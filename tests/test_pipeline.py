@@ -22,7 +22,7 @@ from gymtrl.stats import verdict
 pytestmark = pytest.mark.slow
 
 SMALL = {
-    "demo": {"train_tasks": 12, "eval_tasks": 8, "num_repeats": 4, "seed": 7},
+    "demo": {"train_tasks": 12, "eval_tasks": 8, "collect_tasks": 12, "num_repeats": 4, "seed": 7},
     "train": {"max_examples": 12, "sft": {"num_train_epochs": 1, "per_device_train_batch_size": 4,
                                           "gradient_accumulation_steps": 1, "max_length": 512,
                                           "assistant_only_loss": True, "learning_rate": 0.0001, "save_steps": 2},

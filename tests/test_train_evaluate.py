@@ -20,7 +20,7 @@ TINY_TRAIN = {"max_length": 512, "num_train_epochs": 1, "per_device_train_batch_
 def tiny_raw(tiny_model_dir, **over) -> dict:
     """The repository's params on a small demo, with the tiny model as the base model."""
     return deep_merge(raw_params(
-        demo={"train_tasks": 8, "eval_tasks": 6, "num_repeats": 4, "seed": 3},
+        demo={"train_tasks": 8, "eval_tasks": 6, "collect_tasks": 8, "num_repeats": 4, "seed": 3},
         train={"max_examples": 8, "sft": TINY_TRAIN, "dpo": TINY_TRAIN},
         eval={"max_new_tokens": 12, "max_turns": 2, "batch_size": 4},
         paths={"base_model": str(tiny_model_dir)}), over)

@@ -93,6 +93,7 @@ class PairParams(_Section):
 class DemoParams(_Section):
     train_tasks: int = Field(ge=1)
     eval_tasks: int = Field(ge=1)
+    collect_tasks: int = Field(ge=1)
     num_repeats: int = Field(ge=1)
     seed: int
 

@@ -136,6 +136,26 @@ def make_split(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[d
     return train, held_out
 
 
+def make_fresh(n: int, avoid: list[dict], seed: int) -> list[dict]:
+    """n more tasks of the same families whose questions are in none of `avoid` (the training and held-out
+    splits), numbered after them so every task key stays unique. The collect stage plays these: a model's
+    samples on tasks it was fine-tuned on are mostly its training data again (the SFT model solves 99% of
+    its training tasks greedily), while on new tasks its real mistakes show, and so do preference pairs."""
+    rng = random.Random(f"fresh-{seed}")  # a stream of its own: the splits' stream would repeat their tasks
+    seen = {t["responses_create_params"]["input"][-1]["content"] for t in avoid}
+    first = max((t["_ng_task_index"] for t in avoid), default=-1) + 1
+    tasks: list[dict] = []
+    while len(tasks) < n:
+        family = FAMILIES[len(tasks) % len(FAMILIES)]
+        task = make_task(first + len(tasks), family, rng)
+        question = task["responses_create_params"]["input"][-1]["content"]
+        if question in seen:
+            continue
+        seen.add(question)
+        tasks.append(task)
+    return tasks
+
+
 _ANSWER = re.compile(r"Answer:\s*\$?\s*(-?[\d,]*\.?\d+)")
 
 

@@ -1,4 +1,4 @@
-"""demo: the embedded environment's tasks (train / held-out) and the reference agent's rollouts.
+"""demo: the embedded environment's tasks (train / held-out / collect) and the reference agent's rollouts.
 
 This is the default `data.rollouts`: real Gym-format rollout lines with spread rewards, so that
 filtering matters and DPO pairs exist. Users with their own Gym rollouts point data.rollouts elsewhere.
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..env.reference_agent import reference_rollouts
-from ..env.tasks import make_split
+from ..env.tasks import make_fresh, make_split
 from ..io import write_json, write_jsonl
 from ..params import Params
 from .common import main
@@ -26,11 +26,14 @@ def run(params: Params) -> dict:
     out = Path(params.paths.demo)
     write_jsonl(out / "tasks_train.jsonl", train)
     write_jsonl(out / "tasks_eval.jsonl", held_out)
+    # New tasks for the collect stage (collect.tasks): in neither split, so the trained model meets them fresh
+    write_jsonl(out / "tasks_collect.jsonl", make_fresh(p.collect_tasks, train + held_out, p.seed))
     write_jsonl(out / "rollouts.jsonl", records)
     rewards = Counter(r["reward"] for r in records)
     m = {
         "train_tasks": len(train),
         "eval_tasks": len(held_out),
+        "collect_tasks": p.collect_tasks,
         "rollouts": len(records),
         "reward_counts": {str(k): v for k, v in sorted(rewards.items())},
         "avg_reward": round(sum(r["reward"] for r in records) / len(records), 6),
