@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 
-from gymtrl.progress import Progress
+from gymtrl.progress import Progress, quiet_library_bars
 
 
 class Clock:
@@ -50,3 +51,13 @@ def test_only_the_main_process_reports(monkeypatch):
             clock.now += 5
             bar.update(step)
     assert out.getvalue() == ""
+
+
+def test_library_bars_are_off_in_a_piped_log_and_on_at_a_terminal(monkeypatch):
+    names = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+    for tty in (True, False):
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr("sys.stderr", type("Err", (io.StringIO,), {"isatty": lambda self: tty})())
+        quiet_library_bars()
+        assert {n: os.environ.get(n) for n in names} == {n: (None if tty else "1") for n in names}

@@ -25,6 +25,8 @@ def quiet_library_bars() -> None:
     if not sys.stderr.isatty():
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # TRL's DPO draws "Computing reference log probs" with a bar that only this variable turns off
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 class Progress:
