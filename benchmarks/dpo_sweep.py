@@ -9,12 +9,15 @@ the evaluate stage does (play.py, eval.* settings, greedy), and gymtrl compare's
 it task by task with the SFT model. Pair sources:
   reference  data/pairs: the pair stage's pairs of the reference rollouts (data.rollouts)
   onpolicy   pairs the filter and pair stages build from data/collected alone: the SFT model's own samples
+             (on the training tasks until collect.tasks became new tasks on 2026-12-02)
   greedy     the same, plus one greedy (temperature 0) play of each training task by the SFT model: where
              greedy decoding fails a task that a sample solves, the pair's rejected side is the model's
              most likely answer, which is what the greedy held-out evaluation sees
   fresh      the SFT model's own samples (collect's settings: k per task at collect.temperature) on 120 new
              tasks of the same families, in neither the training nor the held-out split: tasks it was not
-             fine-tuned on, where its mistakes show (on its training tasks it is 99% right even greedily)
+             fine-tuned on, where its mistakes show (on its training tasks it is 99% right even greedily).
+             The collect stage now plays such tasks (data/demo/tasks_collect.jsonl), so `onpolicy` after a
+             current `dvc repro` is the same kind of pairs; `fresh` is how the rows of 2026-12-02 were made
 Writes benchmarks/dpo_sweep.json (one row per run; reruns of a name replace it).
 
     python benchmarks/dpo_sweep.py --sources reference onpolicy --grid 5e-6:0.1:2 3e-5:0.1:2:1
