@@ -7,7 +7,7 @@ import pytest
 from gymtrl.env.model_agent import parse_turn
 from gymtrl.env.reference_agent import reference_rollouts
 from gymtrl.env.calculator import CalculatorError, calculate, run_tool
-from gymtrl.env.tasks import FAMILIES, make_fresh, make_split, verify
+from gymtrl.env.tasks import FAMILIES, make_fresh, make_split, question, verify
 from gymtrl.rollouts import Line, Rollout, parse_line
 
 
@@ -38,10 +38,13 @@ def test_verifier_grades():
     assert verify({"expected_answer": "63.3333"}, "Answer: 63.33") == (1.0, "63.33")
 
 
+def questions(tasks: list[dict]) -> set[str]:
+    return {question(t) for t in tasks}
+
+
 def test_split_is_disjoint_deterministic_and_mixed():
     train, held_out = make_split(60, 40, seed=3)
-    q = lambda ts: {t["responses_create_params"]["input"][-1]["content"] for t in ts}  # noqa: E731
-    assert not q(train) & q(held_out) and len(q(train)) == 60 and len(q(held_out)) == 40
+    assert not questions(train) & questions(held_out) and len(questions(train)) == 60 and len(questions(held_out)) == 40
     assert make_split(60, 40, seed=3) == (train, held_out)
     assert {t["family"] for t in held_out} == set(FAMILIES)
 
@@ -49,8 +52,7 @@ def test_split_is_disjoint_deterministic_and_mixed():
 def test_fresh_tasks_are_new_questions_with_new_task_indexes():
     train, held_out = make_split(60, 40, seed=3)
     fresh = make_fresh(50, train + held_out, seed=3)
-    q = lambda ts: {t["responses_create_params"]["input"][-1]["content"] for t in ts}  # noqa: E731
-    assert len(q(fresh)) == 50 and not q(fresh) & (q(train) | q(held_out))
+    assert len(questions(fresh)) == 50 and not questions(fresh) & (questions(train) | questions(held_out))
     assert sorted(t["_ng_task_index"] for t in fresh) == list(range(100, 150))  # after both splits' 0..99
     assert {t["family"] for t in fresh} == set(FAMILIES)
     assert make_fresh(50, train + held_out, seed=3) == fresh

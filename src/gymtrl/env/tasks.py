@@ -116,19 +116,28 @@ def make_task(index: int, family: str, rng: random.Random) -> dict:
     }
 
 
+def question(task: dict) -> str:
+    """The task's question: its last input message, the user turn."""
+    return task["responses_create_params"]["input"][-1]["content"]
+
+
+def _unique_tasks(n: int, rng: random.Random, seen: set[str], first: int) -> list[dict]:
+    """n tasks cycling through the families, numbered from `first`, skipping any question in `seen` (which
+    grows as tasks are made, so none repeats either)."""
+    tasks: list[dict] = []
+    while len(tasks) < n:
+        family = FAMILIES[len(tasks) % len(FAMILIES)]
+        task = make_task(first + len(tasks), family, rng)
+        if question(task) in seen:
+            continue
+        seen.add(question(task))
+        tasks.append(task)
+    return tasks
+
+
 def make_split(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Training and held-out tasks from one seeded stream; no question appears in both."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    tasks: list[dict] = []
-    while len(tasks) < n_train + n_eval:
-        family = FAMILIES[len(tasks) % len(FAMILIES)]
-        task = make_task(len(tasks), family, rng)
-        question = task["responses_create_params"]["input"][-1]["content"]
-        if question in seen:
-            continue
-        seen.add(question)
-        tasks.append(task)
+    tasks = _unique_tasks(n_train + n_eval, random.Random(seed), set(), 0)
     order = list(range(len(tasks)))
     random.Random(seed + 1).shuffle(order)
     train = sorted((tasks[i] for i in order[:n_train]), key=lambda t: t["_ng_task_index"])
@@ -142,18 +151,8 @@ def make_fresh(n: int, avoid: list[dict], seed: int) -> list[dict]:
     samples on tasks it was fine-tuned on are mostly its training data again (the SFT model solves 99% of
     its training tasks greedily), while on new tasks its real mistakes show, and so do preference pairs."""
     rng = random.Random(f"fresh-{seed}")  # a stream of its own: the splits' stream would repeat their tasks
-    seen = {t["responses_create_params"]["input"][-1]["content"] for t in avoid}
     first = max((t["_ng_task_index"] for t in avoid), default=-1) + 1
-    tasks: list[dict] = []
-    while len(tasks) < n:
-        family = FAMILIES[len(tasks) % len(FAMILIES)]
-        task = make_task(first + len(tasks), family, rng)
-        question = task["responses_create_params"]["input"][-1]["content"]
-        if question in seen:
-            continue
-        seen.add(question)
-        tasks.append(task)
-    return tasks
+    return _unique_tasks(n, rng, {question(t) for t in avoid}, first)
 
 
 _ANSWER = re.compile(r"Answer:\s*\$?\s*(-?[\d,]*\.?\d+)")
