@@ -44,41 +44,43 @@ WORK = ROOT / "benchmarks" / ".work" / "dpo_sweep"
 OUT = ROOT / "benchmarks" / "dpo_sweep.json"
 
 
-def greedy_rollouts() -> Path:
-    """The SFT model plays each training task once, greedily (collect's tasks, eval's sampling)."""
-    from gymtrl.io import read_jsonl, write_jsonl
+def sft_rollouts(name: str, tasks: list[dict], sampling) -> Path:
+    """The SFT model's rollouts of `tasks` (played once, cached under the sweep's work folder)."""
+    from gymtrl.io import write_jsonl
     from gymtrl.play import builtin_rollouts
-    from gymtrl.stages.evaluate import sampling
 
     params = parse_params(PARAMS)
-    out = WORK / "greedy_train_rollouts.jsonl"
+    out = WORK / f"{name}_rollouts.jsonl"
     if not out.exists():
-        tasks = list(read_jsonl(ROOT / params.collect.tasks))[: params.collect.limit]
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out, builtin_rollouts(str(ROOT / PATHS["trained_model"]), tasks, sampling(params), params, "greedy"))
+        write_jsonl(out, builtin_rollouts(str(ROOT / PATHS["trained_model"]), tasks, sampling(params), params, name))
     return out
+
+
+def greedy_rollouts() -> Path:
+    """The SFT model plays each training task once, greedily (collect's tasks, eval's sampling)."""
+    from gymtrl.io import read_jsonl
+    from gymtrl.stages import evaluate
+
+    params = parse_params(PARAMS)
+    tasks = list(read_jsonl(ROOT / PATHS["demo"] / "tasks_train.jsonl"))[: params.collect.limit]
+    return sft_rollouts("greedy_train", tasks, evaluate.sampling)
 
 
 def fresh_rollouts(n: int = 120) -> Path:
-    """The SFT model's samples on n tasks that are in neither split (same generator, another seed)."""
-    from gymtrl.env.tasks import make_split
-    from gymtrl.io import read_jsonl, write_jsonl
-    from gymtrl.play import builtin_rollouts
-    from gymtrl.stages.collect import sampling
+    """The SFT model's samples (collect's sampling) on n tasks that are in neither split (the split generator
+    with another seed; the collect stage's own tasks come from `make_fresh` instead)."""
+    from gymtrl.env.tasks import make_split, question
+    from gymtrl.io import read_jsonl
+    from gymtrl.stages import collect
 
-    params = parse_params(PARAMS)
-    out = WORK / "fresh_rollouts.jsonl"
-    if not out.exists():
-        demo = ROOT / PATHS["demo"]
-        known = {t["responses_create_params"]["input"][-1]["content"]
-                 for name in ("tasks_train.jsonl", "tasks_eval.jsonl") for t in read_jsonl(demo / name)}
-        tasks, _ = make_split(2 * n, 0, PARAMS["demo"]["seed"] + 1000)
-        tasks = [t for t in tasks if t["responses_create_params"]["input"][-1]["content"] not in known][:n]
-        for t in tasks:
-            t["_ng_task_index"] += 100_000  # task keys apart from the splits' (0 ...)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out, builtin_rollouts(str(ROOT / PATHS["trained_model"]), tasks, sampling(params), params, "fresh"))
-    return out
+    demo = ROOT / PATHS["demo"]
+    known = {question(t) for name in ("tasks_train.jsonl", "tasks_eval.jsonl") for t in read_jsonl(demo / name)}
+    tasks, _ = make_split(2 * n, 0, PARAMS["demo"]["seed"] + 1000)
+    tasks = [t for t in tasks if question(t) not in known][:n]
+    for t in tasks:
+        t["_ng_task_index"] += 100_000  # task keys apart from the splits' (0 ...)
+    return sft_rollouts("fresh", tasks, collect.sampling)
 
 
 def onpolicy_pairs(strategy: str, source: str) -> tuple[Path, dict]:
