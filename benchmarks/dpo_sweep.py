@@ -22,6 +22,7 @@ Writes benchmarks/dpo_sweep.json (one row per run; reruns of a name replace it).
 
     python benchmarks/dpo_sweep.py --sources reference onpolicy --grid 5e-6:0.1:2 3e-5:0.1:2:1
     (each grid entry is learning_rate:beta:epochs[:nll_weight]; ~5 min per run on 2 CPU cores)
+    python benchmarks/dpo_sweep.py --sources onpolicy --grid 5e-6:0.1:2:1 --micro-batch 1x4
 """
 
 from __future__ import annotations
@@ -101,11 +102,12 @@ def onpolicy_pairs(strategy: str, source: str) -> tuple[Path, dict]:
     return Path(paths["pairs"]), pair.run(params)
 
 
-def dpo_from_sft(name: str, pairs_dir: Path, lr: float, beta: float, epochs: float, nll: float) -> tuple[Path, dict]:
+def dpo_from_sft(name: str, pairs_dir: Path, lr: float, beta: float, epochs: float, nll: float,
+                 micro_batch: dict) -> tuple[Path, dict]:
     from gymtrl.stages import train
 
     work = WORK / name
-    dpo = {"learning_rate": lr, "beta": beta, "num_train_epochs": epochs}
+    dpo = {"learning_rate": lr, "beta": beta, "num_train_epochs": epochs, **micro_batch}
     if nll:  # TRL's "sft" loss term: NLL of the chosen side (its assistant tokens: our mask), beside DPO's
         dpo.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, nll])
     params = parse_params(deep_merge(PARAMS, {
@@ -144,7 +146,14 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", default=["5e-6:0.1:2"],
                         help="learning_rate:beta:epochs[:nll_weight] (nll_weight > 0 adds TRL's sft loss term)")
     parser.add_argument("--onpolicy-strategy", default=PARAMS["pair"]["strategy"])
+    parser.add_argument("--micro-batch", metavar="BxA",
+                        help="train.dpo per_device_train_batch_size x gradient_accumulation_steps (default: params.yaml's)")
     args = parser.parse_args()
+    micro_batch, suffix = {}, ""
+    if args.micro_batch:
+        batch, accumulation = (int(x) for x in args.micro_batch.split("x"))
+        micro_batch = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+        suffix = f"-mb{batch}x{accumulation}"
     rows = {r["name"]: r for r in json.loads(OUT.read_text())} if OUT.exists() else {}
     for source in args.sources:
         if source == "reference":
@@ -154,12 +163,12 @@ def main() -> None:
         for entry in args.grid:
             lr, beta, epochs, nll = (float(x) for x in [*entry.split(":"), "0"][:4])
             strategy = pair_metrics["strategy"]
-            name = f"{source}-{strategy}-lr{lr:g}-beta{beta:g}-ep{epochs:g}" + (f"-nll{nll:g}" if nll else "")
+            name = f"{source}-{strategy}-lr{lr:g}-beta{beta:g}-ep{epochs:g}" + (f"-nll{nll:g}" if nll else "") + suffix
             started = time.perf_counter()
-            model_dir, m = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll)
+            model_dir, m = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll, micro_batch)
             path = held_out(model_dir, name)
             rows[name] = {"name": name, "source": source, "strategy": strategy, "pairs": pair_metrics["pairs"],
-                          "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"],
+                          "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"], "micro_batch": args.micro_batch,
                           "dpo_train_loss": m["train_loss"], "dpo_seconds": m["train_seconds"],
                           "seconds": round(time.perf_counter() - started, 1), "vs_sft": versus_sft(path),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
