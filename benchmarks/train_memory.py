@@ -32,6 +32,8 @@ ONE_BY_ALL = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": G
 # name -> train.sft overrides; every variant keeps the global batch (same optimizer steps, same loss scale)
 VARIANTS = {
     f"params.yaml (micro-batch {SFT['per_device_train_batch_size']})": {},
+    f"micro-batch {GLOBAL_BATCH} x 1 (the default before)": {"per_device_train_batch_size": GLOBAL_BATCH,
+                                                            "gradient_accumulation_steps": 1},
     "micro-batch 4 x 2 accumulation": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": GLOBAL_BATCH // 4},
     "micro-batch 2 x 4 accumulation": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": GLOBAL_BATCH // 2},
     "micro-batch 1 x 8 accumulation": ONE_BY_ALL,
