@@ -59,12 +59,11 @@ def sft_rollouts(name: str, tasks: list[dict], sampling) -> Path:
 
 
 def greedy_rollouts() -> Path:
-    """The SFT model plays each training task once, greedily (collect's tasks, eval's sampling)."""
+    """The SFT model plays each training task once, greedily (eval's sampling)."""
     from gymtrl.io import read_jsonl
     from gymtrl.stages import evaluate
 
-    params = parse_params(PARAMS)
-    tasks = list(read_jsonl(ROOT / PATHS["demo"] / "tasks_train.jsonl"))[: params.collect.limit]
+    tasks = list(read_jsonl(ROOT / PATHS["demo"] / "tasks_train.jsonl"))[: PARAMS["collect"]["limit"]]
     return sft_rollouts("greedy_train", tasks, evaluate.sampling)
 
 
@@ -168,7 +167,8 @@ def main() -> None:
             model_dir, m = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll, micro_batch)
             path = held_out(model_dir, name)
             rows[name] = {"name": name, "source": source, "strategy": strategy, "pairs": pair_metrics["pairs"],
-                          "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"], "micro_batch": args.micro_batch,
+                          "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"],
+                          "micro_batch": args.micro_batch,
                           "dpo_train_loss": m["train_loss"], "dpo_seconds": m["train_seconds"],
                           "seconds": round(time.perf_counter() - started, 1), "vs_sft": versus_sft(path),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
