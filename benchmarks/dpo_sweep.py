@@ -88,9 +88,10 @@ def onpolicy_pairs(strategy: str, source: str) -> tuple[Path, dict]:
     from gymtrl.stages import filter as filter_stage, pair
 
     work = WORK / f"pairs-{source}-{strategy}"
-    rollouts = {"onpolicy": [ROOT / PATHS["collected"] / "rollouts.jsonl"],
-                "greedy": [ROOT / PATHS["collected"] / "rollouts.jsonl", greedy_rollouts()],
-                "fresh": [fresh_rollouts()]}[source]
+    collected = ROOT / PATHS["collected"] / "rollouts.jsonl"
+    # Lazily: playing a source's tasks takes minutes, and only the asked-for source is played.
+    rollouts = {"onpolicy": lambda: [collected], "greedy": lambda: [collected, greedy_rollouts()],
+                "fresh": lambda: [fresh_rollouts()]}[source]()
     rollouts = [str(r) for r in rollouts]
     paths = {k: str(work / k) for k in ("filtered", "catalog", "holdout", "pairs", "metrics", "plots")}
     params = parse_params(deep_merge(PARAMS, {
@@ -114,7 +115,7 @@ def dpo_from_sft(name: str, pairs_dir: Path, lr: float, beta: float, epochs: flo
                   "trained_model": str(work / "model"), "checkpoints": str(work / "ckpt"),
                   "training_logs": str(work / "live"), "metrics": str(work)},
         "train": {"method": "dpo", "dpo": dpo}}))
-    return work / "model", train.run(params)["dpo"]
+    return work / "model", train.run(params)
 
 
 def held_out(model_dir: Path, name: str) -> Path:
@@ -164,12 +165,15 @@ def main() -> None:
             strategy = pair_metrics["strategy"]
             name = f"{source}-{strategy}-lr{lr:g}-beta{beta:g}-ep{epochs:g}" + (f"-nll{nll:g}" if nll else "") + suffix
             started = time.perf_counter()
-            model_dir, m = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll, micro_batch)
+            model_dir, metrics = dpo_from_sft(name, pairs_dir, lr, beta, epochs, nll, micro_batch)
+            m = metrics["dpo"]
             path = held_out(model_dir, name)
             rows[name] = {"name": name, "source": source, "strategy": strategy, "pairs": pair_metrics["pairs"],
                           "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"],
                           "micro_batch": args.micro_batch,
                           "dpo_train_loss": m["train_loss"], "dpo_seconds": m["train_seconds"],
+                          # the stage's ru_maxrss: this process's peak up to the end of DPO (held-out play after)
+                          "dpo_peak_rss_mb": metrics["peak_rss_mb"], "bf16": metrics["bf16"],
                           "seconds": round(time.perf_counter() - started, 1), "vs_sft": versus_sft(path),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
             OUT.write_text(json.dumps(list(rows.values()), indent=1) + "\n")
