@@ -153,9 +153,10 @@ def main() -> None:
     batch, accumulation = ((int(x) for x in args.micro_batch.split("x")) if args.micro_batch else
                            (dpo_defaults["per_device_train_batch_size"], dpo_defaults["gradient_accumulation_steps"]))
     micro_batch = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    used = f"{batch}x{accumulation}"
     # Names carry the micro-batch used, so a run under another params.yaml default is a new row, not a
     # replacement (rows before 2026-12-03 without the suffix ran at the then-default 4 x 1)
-    suffix = f"-mb{batch}x{accumulation}"
+    suffix = f"-mb{used}"
     rows = {r["name"]: r for r in json.loads(OUT.read_text())} if OUT.exists() else {}
     for source in args.sources:
         if source == "reference":
@@ -172,7 +173,7 @@ def main() -> None:
             path = held_out(model_dir, name)
             rows[name] = {"name": name, "source": source, "strategy": strategy, "pairs": pair_metrics["pairs"],
                           "learning_rate": lr, "beta": beta, "epochs": epochs, "nll_weight": nll, "dpo_steps": m["steps"],
-                          "micro_batch": f"{batch}x{accumulation}",
+                          "micro_batch": used,
                           "dpo_train_loss": m["train_loss"], "dpo_seconds": m["train_seconds"],
                           # the stage's ru_maxrss: this process's peak up to the end of DPO (held-out play after)
                           "dpo_peak_rss_mb": metrics["peak_rss_mb"], "bf16": metrics["bf16"],
